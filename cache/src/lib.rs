@@ -1,0 +1,1 @@
+//! The posthoc feature cache.

@@ -1,0 +1,24 @@
+# posthoc task runner. `just --list` shows the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+config := "configs/cifar10-densenet100.toml"
+
+default:
+    @just --list
+
+# Link checkpoints/ and datasets/ to ../shared/data when it exists.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    shared="$(cd .. && pwd)/shared/data"
+    if [ ! -d "$shared" ]; then echo "no ../shared/data: put checkpoints and datasets in place by hand (see their READMEs)"; exit 0; fi
+    mkdir -p checkpoints datasets
+    ln -sfn "$shared/checkpoints/dice-densenet100" checkpoints/dice-densenet100
+    ln -sfn "$shared/cifar10" datasets/cifar10
+    ln -sfn "$shared/ood" datasets/ood
+    echo "linked checkpoints/ and datasets/ to $shared"
+
+# The test suite (what CI runs).
+test:
+    cargo nextest run --workspace --no-fail-fast

@@ -1,0 +1,1 @@
+//! posthoc precompute and fine-tuning.

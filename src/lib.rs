@@ -1,0 +1,1 @@
+//! posthoc: post-hoc OOD detection from a feature cache.
