@@ -1,1 +1,6 @@
-//! posthoc: post-hoc OOD detection from a feature cache.
+//! posthoc: post-hoc OOD detection from an on-disk feature cache.
+//!
+//! `config` reads experiment configs, `report` prints and writes results.
+
+pub mod config;
+pub mod report;
