@@ -3,4 +3,5 @@
 //! `config` reads experiment configs, `report` prints and writes results.
 
 pub mod config;
+pub mod plots;
 pub mod report;

@@ -240,7 +240,9 @@ pub fn write_csv(path: &Path, rows: &[EvalRow]) -> std::io::Result<()> {
         ]);
         w.write_record(&rec).map_err(std::io::Error::other)?;
     }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -291,12 +293,18 @@ mod tests {
 
     #[test]
     fn table_prints_percent_with_two_decimals() {
-        let rows = vec![row("isun", 0.2175), EvalRow::average(&[row("isun", 0.2175)]).unwrap()];
+        let rows = vec![
+            row("isun", 0.2175),
+            EvalRow::average(&[row("isun", 0.2175)]).unwrap(),
+        ];
         let mut out = Vec::new();
         write_tables(&mut out, &rows).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("== dice p=90"), "{text}");
-        assert!(text.contains("isun        21.75    90.00     80.00     70.00"), "{text}");
+        assert!(
+            text.contains("isun        21.75    90.00     80.00     70.00"),
+            "{text}"
+        );
         assert!(text.contains("Average"), "{text}");
     }
 
