@@ -395,7 +395,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let dir = match std::env::var_os("POSTHOC_KEEP_PLOTS") {
-            Some(keep) => tempfile::TempDir::new_in(keep).unwrap().keep().into(),
+            Some(keep) => tempfile::TempDir::new_in(keep).unwrap().keep(),
             None => dir.path().to_owned(),
         };
         let dir = dir.as_path();
