@@ -1,1 +1,3 @@
 //! posthoc: post-hoc OOD detection from a feature cache.
+
+pub mod eval;
