@@ -39,7 +39,7 @@ impl Metrics {
 }
 
 /// How the metrics are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 pub enum Convention {
     /// sklearn's `roc_auc_score` / `average_precision_score` and the `get_measures`
     /// FPR95 (HIMPLoS, Hendrycks et al.): the default.
