@@ -9,9 +9,11 @@ use rayon::prelude::*;
 
 use super::EvalError;
 use super::params::{ClipValue, Temperature};
+use super::scores::Scored;
 
-/// Rows per block of the scoring pass.
-pub const BLOCK_ROWS: usize = 128;
+/// Rows per block of the scoring pass (`benches/head_gemm.rs`: 256 is the fastest of
+/// 64..512 for m = 2048, C = 1000).
+const BLOCK_ROWS: usize = 256;
 
 /// The linear head `z = W h + b` in `f64` (`W`: `C x m`, `b`: `C`).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,16 +110,24 @@ impl LogitScore {
     pub fn of(self, z: ArrayView1<f64>) -> f64 {
         match self {
             Self::Msp => max_softmax(z, 1.0),
-            Self::MaxLogit => z.fold(f64::NEG_INFINITY, |m, &v| m.max(v)),
+            Self::MaxLogit => max_of(z),
             Self::Energy(t) => energy_of(z, t.get()),
             Self::TempMsp(t) => max_softmax(z, t.get()),
         }
     }
 }
 
+/// `max z`; NaN when any value is NaN.
+fn max_of(z: ArrayView1<f64>) -> f64 {
+    z.fold(
+        f64::NEG_INFINITY,
+        |m, &v| if v > m || v.is_nan() { v } else { m },
+    )
+}
+
 /// `T * logsumexp(z / T)`, shifted by `max z` for range safety.
 pub(crate) fn energy_of(z: ArrayView1<f64>, t: f64) -> f64 {
-    let zmax = z.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let zmax = max_of(z);
     if zmax == f64::INFINITY || zmax.is_nan() {
         return zmax;
     }
@@ -128,7 +138,7 @@ pub(crate) fn energy_of(z: ArrayView1<f64>, t: f64) -> f64 {
 
 /// `max softmax(z / T) = 1 / sum_j exp((z_j - max z) / T)`.
 fn max_softmax(z: ArrayView1<f64>, t: f64) -> f64 {
-    let zmax = z.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let zmax = max_of(z);
     let sum: f64 = z.iter().map(|&v| ((v - zmax) / t).exp()).sum();
     1.0 / sum
 }
@@ -235,14 +245,14 @@ where
 }
 
 /// Several logit scores of `z = W min(h, c) + b` (no clip when `clip` is `None`) for
-/// every row in one pass: returns the `N x scores.len()` values and each row's
-/// predicted class `argmax z`.
+/// every row in one pass over the features: one [`Scored`] per entry of `scores`, each
+/// with the rows' predicted class `argmax z`.
 pub fn logit_scores(
     features: ArrayView2<f32>,
     head: &Head64,
     clip: Option<ClipValue>,
     scores: &[LogitScore],
-) -> Result<(Array2<f64>, Vec<usize>), EvalError> {
+) -> Result<Vec<Scored>, EvalError> {
     head.check_features(features)?;
     let rows = linear_pass(
         features,
@@ -254,13 +264,13 @@ pub fn logit_scores(
             (values, argmax(z))
         },
     );
-    let mut values = Array2::zeros((rows.len(), scores.len()));
-    let mut predicted = Vec::with_capacity(rows.len());
-    for (mut out, (v, k)) in values.outer_iter_mut().zip(rows) {
-        out.assign(&ArrayView1::from(&v));
-        predicted.push(k);
-    }
-    Ok((values, predicted))
+    let predicted: Vec<usize> = rows.iter().map(|r| r.1).collect();
+    Ok((0..scores.len())
+        .map(|j| Scored {
+            scores: rows.iter().map(|r| r.0[j]).collect(),
+            predicted: predicted.clone(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -293,6 +303,16 @@ mod tests {
         assert_eq!(argmax(array![0.0, 2.0, 2.0, 1.0].view()), 1);
         assert_eq!(argmax(array![5.0, 5.0].view()), 0);
         assert_eq!(argmax(array![f64::NAN, 1.0].view()), 0);
+        assert!(
+            LogitScore::MaxLogit
+                .of(array![1.0, f64::NAN].view())
+                .is_nan()
+        );
+        assert!(
+            LogitScore::Energy(t(1.0))
+                .of(array![f64::NAN, 1.0].view())
+                .is_nan()
+        );
     }
 
     #[test]
@@ -303,20 +323,21 @@ mod tests {
         let head = Head64::new(w.clone(), b.clone()).unwrap();
         let feats = Array2::from_shape_fn((300, 5), |(r, i)| ((r * 7 + i * 3) % 11) as f32 * 0.25);
         let clip = ClipValue::new(1.5).unwrap();
-        let (vals, pred) = logit_scores(
+        let got = logit_scores(
             feats.view(),
             &head,
             Some(clip),
             &[LogitScore::MaxLogit, LogitScore::Energy(t(1.0))],
         )
         .unwrap();
-        assert_eq!(vals.dim(), (300, 2));
+        assert_eq!(got.len(), 2);
         for r in 0..300 {
             let x = feats.row(r).mapv(|v| f64::from(v).min(1.5));
             let z = w.dot(&x) + &b;
-            assert!((vals[[r, 0]] - z.fold(f64::MIN, |m, &v| m.max(v))).abs() < 1e-12);
-            assert!((vals[[r, 1]] - energy_of(z.view(), 1.0)).abs() < 1e-12);
-            assert_eq!(pred[r], argmax(z.view()));
+            assert!((got[0].scores[r] - z.fold(f64::MIN, |m, &v| m.max(v))).abs() < 1e-12);
+            assert!((got[1].scores[r] - energy_of(z.view(), 1.0)).abs() < 1e-12);
+            assert_eq!(got[0].predicted[r], argmax(z.view()));
+            assert_eq!(got[1].predicted[r], argmax(z.view()));
         }
         let bad = Array2::<f32>::zeros((2, 4));
         assert!(logit_scores(bad.view(), &head, None, &[]).is_err());

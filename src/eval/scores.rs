@@ -7,7 +7,7 @@ use ndarray::{ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
 use super::EvalError;
-use super::head::{Head64, LogitScore, argmax, cast_clipped, energy_of, linear_pass};
+use super::head::{Head64, LogitScore, argmax, cast_clipped, energy_of, linear_pass, logit_scores};
 use super::masks::{DiceMask, HimplosMask, LineMasks};
 use super::params::{ClipValue, Temperature};
 
@@ -34,16 +34,7 @@ fn head_score(
     clip: Option<ClipValue>,
     score: LogitScore,
 ) -> Result<Scored, EvalError> {
-    head.check_features(features)?;
-    Ok(linear_pass(
-        features,
-        None,
-        head,
-        |_, h, x| cast_clipped(h, clip, x),
-        |_, z| (score.of(z), argmax(z)),
-    )
-    .into_iter()
-    .collect())
+    Ok(logit_scores(features, head, clip, &[score])?.remove(0))
 }
 
 /// MSP: `max softmax(W h + b)`.
