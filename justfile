@@ -22,3 +22,7 @@ setup:
 # The test suite (what CI runs).
 test:
     cargo nextest run --workspace --no-fail-fast
+
+# Block GEMM of the scoring pass (gemm crate vs ndarray dot) and the pass's throughput.
+bench-head:
+    cargo bench -p posthoc --bench head_gemm

@@ -1,7 +1,9 @@
 //! posthoc: post-hoc OOD detection from an on-disk feature cache.
 //!
-//! `config` reads experiment configs, `report` prints and writes results.
+//! `eval` holds the math (scores, masks, metrics), `config` reads experiment configs,
+//! `report` prints and writes results, `plots` draws them.
 
 pub mod config;
+pub mod eval;
 pub mod plots;
 pub mod report;

@@ -1,0 +1,179 @@
+//! The sklearn / `get_measures` convention. All samples sorted by decreasing score; at
+//! each distinct score `v` (taking every sample with score `>= v`, so tied samples form
+//! one step) the cumulative ID count `tp` and OOD count `fp`:
+//!
+//! - FPR95: over the thresholds from the first one reaching full recall back to the
+//!   highest score, the first with the smallest `|tp / n_in - 0.95|`; `fp / n_out` there.
+//! - AUROC: trapezoid area under `(fp / n_out, tp / n_in)` from `(0, 0)`
+//!   (`roc_auc_score`; computed exactly in integers, then divided once).
+//! - AUPR: `sum_k (recall_k - recall_{k-1}) * precision_k` (`average_precision_score`),
+//!   ID positive for AUPR-In; OOD positive with negated scores for AUPR-Out.
+
+use super::Metrics;
+
+/// Cumulative `(tp, fp)` at each distinct score, highest score first.
+fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(f64, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut points = Vec::new();
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for (i, &(s, is_pos)) in all.iter().enumerate() {
+        if is_pos {
+            tp += 1;
+        } else {
+            fp += 1;
+        }
+        if all.get(i + 1).is_none_or(|next| next.0 != s) {
+            points.push((tp, fp));
+        }
+    }
+    points
+}
+
+/// FPR at the recall closest to 95%.
+fn fpr95(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
+    let full = points
+        .iter()
+        .position(|&(tp, _)| tp == n_pos)
+        .expect("the last point has every positive");
+    let distance = |tp: u64| (tp as f64 / n_pos as f64 - 0.95).abs();
+    let mut best = full;
+    for k in (0..full).rev() {
+        if distance(points[k].0) < distance(points[best].0) {
+            best = k;
+        }
+    }
+    points[best].1 as f64 / n_neg as f64
+}
+
+/// Trapezoid area under the ROC curve.
+fn auroc(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
+    let mut twice_area: u128 = 0;
+    let (mut tp0, mut fp0) = (0u64, 0u64);
+    for &(tp, fp) in points {
+        twice_area += u128::from(fp - fp0) * u128::from(tp + tp0);
+        (tp0, fp0) = (tp, fp);
+    }
+    twice_area as f64 / (2.0 * n_pos as f64 * n_neg as f64)
+}
+
+/// Average precision.
+fn average_precision(points: &[(u64, u64)], n_pos: u64) -> f64 {
+    let mut ap = 0.0;
+    let mut tp0 = 0u64;
+    for &(tp, fp) in points {
+        if tp > tp0 {
+            let recall_step = (tp - tp0) as f64 / n_pos as f64;
+            ap += recall_step * (tp as f64 / (tp + fp) as f64);
+        }
+        tp0 = tp;
+    }
+    ap
+}
+
+/// All four metrics, ID positive (both sets non-empty).
+pub(super) fn metrics(id: &[f64], ood: &[f64]) -> Metrics {
+    let (n_in, n_out) = (id.len() as u64, ood.len() as u64);
+    let points = curve(id, ood);
+    let neg_id: Vec<f64> = id.iter().map(|s| -s).collect();
+    let neg_ood: Vec<f64> = ood.iter().map(|s| -s).collect();
+    let out_points = curve(&neg_ood, &neg_id);
+    Metrics {
+        fpr95: fpr95(&points, n_in, n_out),
+        auroc: auroc(&points, n_in, n_out),
+        aupr_in: average_precision(&points, n_in),
+        aupr_out: average_precision(&out_points, n_out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_case_without_ties() {
+        let id = [0.9, 0.8, 0.6, 0.4];
+        let ood = [0.7, 0.5, 0.3];
+        // Descending: i i o i o i o -> points (1,0) (2,0) (2,1) (3,1) (3,2) (4,2) (4,3).
+        assert_eq!(
+            curve(&id, &ood),
+            vec![(1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (4, 2), (4, 3)]
+        );
+        let m = metrics(&id, &ood);
+        // Full recall is first reached at (4, 2); recall 3/4 is farther from 0.95.
+        assert_eq!(m.fpr95, 2.0 / 3.0);
+        // Pairs with id > ood: 3 + 3 + 2 + 1 = 9 of 12.
+        assert_eq!(m.auroc, 0.75);
+        // Recall steps of 1/4 at precisions 1, 1, 3/4, 4/6.
+        assert!((m.aupr_in - (1.0 + 1.0 + 0.75 + 4.0 / 6.0) / 4.0).abs() < 1e-15);
+        // OOD positive on negated scores: o i o i o i i -> precisions 1, 2/3, 3/5.
+        assert!((m.aupr_out - (1.0 + 2.0 / 3.0 + 0.6) / 3.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn ties_form_one_step() {
+        let id = [1.0, 0.5];
+        let ood = [0.5, 0.0];
+        assert_eq!(curve(&id, &ood), vec![(1, 0), (2, 1), (2, 2)]);
+        let m = metrics(&id, &ood);
+        // The tied pair counts one half.
+        assert_eq!(m.auroc, 0.875);
+        assert!((m.aupr_in - (0.5 + 0.5 * 2.0 / 3.0)).abs() < 1e-15);
+        assert_eq!(m.fpr95, 0.5);
+    }
+
+    /// `(id, ood, [fpr95, auroc, aupr_in, aupr_out])` from scikit-learn 1.9.1
+    /// (`roc_auc_score`, `average_precision_score`) and `get_measures`' FPR.
+    fn sklearn_cases() -> Vec<(Vec<f64>, Vec<f64>, [f64; 4])> {
+        vec![
+            (
+                (1..=20).map(f64::from).collect(),
+                vec![1.5, 2.5, 10.5, 30.0],
+                [1.0, 0.5875, 0.8344017197113172, 0.34935897435897434],
+            ),
+            (
+                (1..=10).map(f64::from).collect(),
+                vec![0.5, 1.5, 5.5],
+                [
+                    0.6666666666666666,
+                    0.8,
+                    0.9354365079365078,
+                    0.6805555555555556,
+                ],
+            ),
+            (
+                vec![1.0, 2.0, 2.0, 3.0, 5.0],
+                vec![2.0, 2.0, 4.0, 0.5],
+                [0.75, 0.6, 0.6869047619047619, 0.625],
+            ),
+            (
+                vec![0.1, 0.1, 0.7, 0.3, 0.3, 0.9],
+                vec![0.1, 0.3, 0.35, 0.05],
+                [
+                    0.75,
+                    0.6666666666666666,
+                    0.7777777777777777,
+                    0.6071428571428572,
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn matches_sklearn_including_ties() {
+        for (id, ood, want) in sklearn_cases() {
+            let m = metrics(&id, &ood);
+            let got = [m.fpr95, m.auroc, m.aupr_in, m.aupr_out];
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() < 1e-15,
+                    "{id:?} vs {ood:?}: {got:?} != {want:?}"
+                );
+            }
+        }
+    }
+}

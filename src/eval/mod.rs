@@ -1,0 +1,73 @@
+//! The evaluate stage's math: checked hyperparameters, numpy-exact percentiles, the
+//! float64 linear head and its blockwise scoring pass, head masks, the post-hoc scores
+//! (MSP, MaxLogit, energy, ReAct, DICE, LINe, HIMPLoS) and the OOD metrics.
+//!
+//! Definitions follow `docs/methods.md`. Everything after the cached `f32` features is
+//! computed in `f64`.
+
+pub mod head;
+pub mod masks;
+pub mod metrics;
+pub mod params;
+pub mod percentile;
+pub mod scores;
+
+pub use head::{Head64, LogitScore, logit_scores};
+pub use masks::{DiceMask, HimplosMask, LineMasks};
+pub use metrics::{Convention, Metrics, id_accuracy, metrics};
+pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
+pub use percentile::{percentile, percentile_sorted};
+pub use scores::Scored;
+
+/// Errors of the evaluate stage.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A hyperparameter outside its domain, named by its command-line flag.
+    #[error("{flag} {value}: {reason}")]
+    Param {
+        /// The command-line flag, e.g. `--p`.
+        flag: &'static str,
+        /// The value as the user gave it.
+        value: String,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// Two arrays that must agree in one dimension do not.
+    #[error("{what}: expected {expected}, found {found}")]
+    Shape {
+        /// Which array and dimension, e.g. "features columns vs head width m".
+        what: &'static str,
+        /// The size required.
+        expected: usize,
+        /// The size given.
+        found: usize,
+    },
+    /// A statistic of an empty set of values.
+    #[error("{what}: no values")]
+    Empty {
+        /// What the values are.
+        what: &'static str,
+    },
+    /// A NaN or infinite value where finite ones are required.
+    #[error("{what}: non-finite value {value} at index {index}")]
+    NonFinite {
+        /// What the values are.
+        what: &'static str,
+        /// Its position.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A class label outside `0..classes`.
+    #[error("{what}: label {label} at row {row} is not in 0..{classes}")]
+    Label {
+        /// Which label array.
+        what: &'static str,
+        /// The row holding it.
+        row: usize,
+        /// The offending label.
+        label: i64,
+        /// The number of classes.
+        classes: usize,
+    },
+}
