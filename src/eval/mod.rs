@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod params;
 pub mod percentile;
 pub mod scores;
+pub mod sweep;
+pub mod engine;
 
 pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
@@ -57,6 +59,24 @@ pub enum EvalError {
         index: usize,
         /// The value.
         value: f64,
+    },
+    /// A method name no score answers to.
+    #[error("unknown method {name:?}: expected one of {known}")]
+    UnknownMethod {
+        /// The name given.
+        name: String,
+        /// The known names, comma separated.
+        known: String,
+    },
+    /// A parameter flag given for methods none of which take it.
+    #[error("{flag} does not apply to {methods} (it applies to {applies_to})")]
+    NotApplicable {
+        /// The flag, e.g. `--p`.
+        flag: &'static str,
+        /// The selected methods.
+        methods: String,
+        /// The methods that take it.
+        applies_to: String,
     },
     /// A class label outside `0..classes`.
     #[error("{what}: label {label} at row {row} is not in 0..{classes}")]
