@@ -111,7 +111,13 @@ impl SplitData {
     /// logits `c` wide, every value is finite and labels suit `role`
     /// (`0..c` for ID, -1 for OOD). `file` names the destination in errors; a row is
     /// named by its dataset index.
-    pub fn validate(&self, file: &std::path::Path, m: usize, c: usize, role: crate::Role) -> Result<()> {
+    pub fn validate(
+        &self,
+        file: &std::path::Path,
+        m: usize,
+        c: usize,
+        role: crate::Role,
+    ) -> Result<()> {
         let n = self.index.len();
         let dim = |column: &str, expected, found| CacheError::DimMismatch {
             file: file.to_path_buf(),

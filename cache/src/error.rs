@@ -44,7 +44,9 @@ pub enum CacheError {
         source: arrow_schema::ArrowError,
     },
     /// The file's size differs from the manifest's record (truncated or replaced).
-    #[error("{file}: {found} bytes on disk, the manifest records {expected} (truncated or replaced)")]
+    #[error(
+        "{file}: {found} bytes on disk, the manifest records {expected} (truncated or replaced)"
+    )]
     SizeMismatch {
         /// The file.
         file: PathBuf,
@@ -54,7 +56,9 @@ pub enum CacheError {
         found: u64,
     },
     /// The file's sha256 differs from the manifest's record.
-    #[error("{file}: sha256 {found} does not match the manifest's {expected} (file changed or corrupted)")]
+    #[error(
+        "{file}: sha256 {found} does not match the manifest's {expected} (file changed or corrupted)"
+    )]
     HashMismatch {
         /// The file.
         file: PathBuf,
@@ -117,7 +121,9 @@ pub enum CacheError {
         row: u64,
     },
     /// A label outside `0..C` in an ID set, or other than -1 in an OOD set.
-    #[error("{file}: label {label} at row {row} is invalid for role {role} with {num_classes} classes")]
+    #[error(
+        "{file}: label {label} at row {row} is invalid for role {role} with {num_classes} classes"
+    )]
     BadLabel {
         /// The file.
         file: PathBuf,

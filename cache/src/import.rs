@@ -34,10 +34,12 @@ struct SourceSet {
 
 fn npy_err(file: &Path) -> impl FnOnce(ReadNpyError) -> CacheError + '_ {
     move |source| match source {
-        ReadNpyError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => CacheError::MissingFile {
-            file: file.to_path_buf(),
-            what: "required by import-npy".into(),
-        },
+        ReadNpyError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            CacheError::MissingFile {
+                file: file.to_path_buf(),
+                what: "required by import-npy".into(),
+            }
+        }
         source => CacheError::Npy {
             file: file.to_path_buf(),
             source,
@@ -146,7 +148,11 @@ fn logits_from_head(features: &Array2<f32>, head: &Head) -> Array2<f32> {
 /// `id_test`, `ood_<set>`. When a logits file is absent the logits are computed from the
 /// head in f64 and rounded to f32 (recorded in the provenance). Rows get `index` = row
 /// number. Statistics are computed from `id_train` when present.
-pub fn import_npy(from: impl AsRef<Path>, out: impl AsRef<Path>, options: &ImportOptions) -> Result<Manifest> {
+pub fn import_npy(
+    from: impl AsRef<Path>,
+    out: impl AsRef<Path>,
+    options: &ImportOptions,
+) -> Result<Manifest> {
     let from = from.as_ref();
     let weight_path = from.join("fc_weight.npy");
     let bias_path = from.join("fc_bias.npy");

@@ -78,7 +78,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// sha256 (hex) and size of a file, read sequentially; stops early (returning `None`)
 /// once `cancel` is set.
-fn hash_file_cancellable(path: &Path, cancel: &AtomicBool) -> io::Result<Option<(String, u64)>> {
+fn hash_file_cancellable(path: &Path, cancel: &AtomicBool) -> HashOutcome {
     let mut f = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -107,13 +107,16 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64)> {
         .map(|r| r.expect("not cancelled"))
 }
 
+/// sha256 (hex) and size, or `None` when cancelled.
+type HashOutcome = io::Result<Option<(String, u64)>>;
+
 /// A sha256 computed on a helper thread while the caller decodes the same file, so that
 /// verification costs one extra sequential read (from the page cache) and no extra
 /// wall time on a machine with a spare core. Dropping it cancels the thread.
 pub(crate) struct BackgroundHash {
     path: PathBuf,
     cancel: Arc<AtomicBool>,
-    handle: Option<JoinHandle<io::Result<Option<(String, u64)>>>>,
+    handle: Option<JoinHandle<HashOutcome>>,
 }
 
 impl BackgroundHash {
@@ -193,7 +196,9 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         BackgroundHash::spawn(&p).check(&h).unwrap();
-        let err = BackgroundHash::spawn(&p).check(&"0".repeat(64)).unwrap_err();
+        let err = BackgroundHash::spawn(&p)
+            .check(&"0".repeat(64))
+            .unwrap_err();
         assert!(matches!(err, CacheError::HashMismatch { file, .. } if file == p));
     }
 }

@@ -51,9 +51,15 @@ impl Role {
 
     /// Parses [`Role::as_str`] back.
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::IdTrain, Role::IdTest, Role::Ood, Role::Head, Role::Stats]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Role::IdTrain,
+            Role::IdTest,
+            Role::Ood,
+            Role::Head,
+            Role::Stats,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 
     /// Whether this role is a data split (rows of features and logits).
@@ -223,13 +229,20 @@ impl ModelInfo {
         if self.class_names.len() != self.num_classes {
             return Err(bad(
                 "class_names",
-                format!("{} names for {} classes", self.class_names.len(), self.num_classes),
+                format!(
+                    "{} names for {} classes",
+                    self.class_names.len(),
+                    self.num_classes
+                ),
             ));
         }
         if let Some(h) = &self.checkpoint_sha256
             && !is_sha256_hex(h)
         {
-            return Err(bad("checkpoint_sha256", "not 64 lowercase hex digits".into()));
+            return Err(bad(
+                "checkpoint_sha256",
+                "not 64 lowercase hex digits".into(),
+            ));
         }
         Ok(())
     }
@@ -322,15 +335,30 @@ impl Manifest {
                 Role::Head => {
                     heads += 1;
                     if f.name != HEAD_FILE || f.set.is_some() {
-                        return Err(bad(&key, format!("a head file must be `{HEAD_FILE}` without set")));
+                        return Err(bad(
+                            &key,
+                            format!("a head file must be `{HEAD_FILE}` without set"),
+                        ));
                     }
                     if f.rows != self.model.num_classes as u64 {
-                        return Err(bad(&key, format!("head has {} rows for {} classes", f.rows, self.model.num_classes)));
+                        return Err(bad(
+                            &key,
+                            format!(
+                                "head has {} rows for {} classes",
+                                f.rows, self.model.num_classes
+                            ),
+                        ));
                     }
                 }
                 Role::Stats => {
-                    if ![STATS_FILE, PERCENTILES_FILE].contains(&f.name.as_str()) || f.set.is_some() {
-                        return Err(bad(&key, format!("a stats file must be `{STATS_FILE}` or `{PERCENTILES_FILE}` without set")));
+                    if ![STATS_FILE, PERCENTILES_FILE].contains(&f.name.as_str()) || f.set.is_some()
+                    {
+                        return Err(bad(
+                            &key,
+                            format!(
+                                "a stats file must be `{STATS_FILE}` or `{PERCENTILES_FILE}` without set"
+                            ),
+                        ));
                     }
                     stats_files.insert(f.name.as_str());
                 }
@@ -343,7 +371,13 @@ impl Manifest {
                         return Err(bad(&key, format!("set `{set}` listed twice")));
                     }
                     if f.name != split_file_name(set, role) {
-                        return Err(bad(&key, format!("set `{set}` with role {role} must be stored as `{}`", split_file_name(set, role))));
+                        return Err(bad(
+                            &key,
+                            format!(
+                                "set `{set}` with role {role} must be stored as `{}`",
+                                split_file_name(set, role)
+                            ),
+                        ));
                     }
                     id_train += usize::from(role == Role::IdTrain);
                     id_test += usize::from(role == Role::IdTest);
@@ -354,10 +388,16 @@ impl Manifest {
             return Err(bad("files", format!("{heads} head entries, expected 1")));
         }
         if id_train > 1 || id_test > 1 {
-            return Err(bad("files", "at most one id_train and one id_test split".into()));
+            return Err(bad(
+                "files",
+                "at most one id_train and one id_test split".into(),
+            ));
         }
         if stats_files.len() == 1 {
-            return Err(bad("files", format!("`{STATS_FILE}` and `{PERCENTILES_FILE}` come together")));
+            return Err(bad(
+                "files",
+                format!("`{STATS_FILE}` and `{PERCENTILES_FILE}` come together"),
+            ));
         }
         for s in &self.skipped {
             if !sets.contains(s.set.as_str()) {
@@ -405,7 +445,8 @@ impl Manifest {
             (r, f.name.clone())
         }
         self.files.sort_by_key(rank);
-        self.skipped.sort_by(|a, b| (&a.set, a.index).cmp(&(&b.set, b.index)));
+        self.skipped
+            .sort_by(|a, b| (&a.set, a.index).cmp(&(&b.set, b.index)));
     }
 }
 
@@ -427,13 +468,22 @@ mod tests {
 
     #[test]
     fn split_file_names() {
-        assert_eq!(split_file_name("id_train", Role::IdTrain), "id_train.parquet");
+        assert_eq!(
+            split_file_name("id_train", Role::IdTrain),
+            "id_train.parquet"
+        );
         assert_eq!(split_file_name("isun", Role::Ood), "ood-isun.parquet");
     }
 
     #[test]
     fn roles_round_trip() {
-        for r in [Role::IdTrain, Role::IdTest, Role::Ood, Role::Head, Role::Stats] {
+        for r in [
+            Role::IdTrain,
+            Role::IdTest,
+            Role::Ood,
+            Role::Head,
+            Role::Stats,
+        ] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.as_str()));

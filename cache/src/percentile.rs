@@ -219,7 +219,10 @@ impl RadixSelect {
         let mut ranks = ranks.to_vec();
         ranks.sort_unstable();
         ranks.dedup();
-        assert!(ranks.last().is_none_or(|&r| r < self.count), "rank out of range");
+        assert!(
+            ranks.last().is_none_or(|&r| r < self.count),
+            "rank out of range"
+        );
         self.ranks = ranks;
         self.table1 = vec![0; 1 << 16];
         let mut slots = 0u32;
@@ -326,7 +329,17 @@ mod tests {
 
     #[test]
     fn keys_preserve_order() {
-        let mut v = vec![-3.5f32, -1e-30, -0.0, 0.0, 1e-40, 1e-30, 2.0, f32::MAX, f32::MIN];
+        let mut v = vec![
+            -3.5f32,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-40,
+            1e-30,
+            2.0,
+            f32::MAX,
+            f32::MIN,
+        ];
         v.sort_by(f32::total_cmp);
         for w in v.windows(2) {
             assert!(key(w[0]) <= key(w[1]), "{} {}", w[0], w[1]);
@@ -365,7 +378,10 @@ mod tests {
                 .collect();
             let mut sorted = values.clone();
             sorted.sort_by(f32::total_cmp);
-            let ranks: Vec<u64> = (0..n as u64).step_by(1 + trial).chain([n as u64 - 1]).collect();
+            let ranks: Vec<u64> = (0..n as u64)
+                .step_by(1 + trial)
+                .chain([n as u64 - 1])
+                .collect();
             let mut sel = RadixSelect::new();
             for chunk in values.chunks(333) {
                 sel.observe(chunk);

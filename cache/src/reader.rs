@@ -44,7 +44,10 @@ pub(crate) fn check_not_partial(dir: &Path) -> Result<()> {
     if staged.exists() {
         return Err(CacheError::Unfinished {
             dir: dir.to_path_buf(),
-            reason: format!("`{}` is present: a finish was interrupted", staged.display()),
+            reason: format!(
+                "`{}` is present: a finish was interrupted",
+                staged.display()
+            ),
         });
     }
     Ok(())
@@ -125,16 +128,31 @@ impl FeatureCache {
 
     /// The linear head (`W`: C x m, `b`: C), checked against the manifest.
     pub fn head(&self) -> Result<Head> {
-        let entry = self.manifest.file(HEAD_FILE).expect("manifest validated: one head");
+        let entry = self
+            .manifest
+            .file(HEAD_FILE)
+            .expect("manifest validated: one head");
         read_head(&self.dir, entry, &self.manifest, self.verify_hashes)
     }
 
     /// The ID-train statistics, or [`CacheError::MissingStats`].
     pub fn stats(&self) -> Result<TrainStats> {
-        let (Some(stats), Some(pct)) = (self.manifest.file(STATS_FILE), self.manifest.file(PERCENTILES_FILE)) else {
-            return Err(CacheError::MissingStats { dir: self.dir.clone() });
+        let (Some(stats), Some(pct)) = (
+            self.manifest.file(STATS_FILE),
+            self.manifest.file(PERCENTILES_FILE),
+        ) else {
+            return Err(CacheError::MissingStats {
+                dir: self.dir.clone(),
+            });
         };
-        TrainStats::read(&self.dir, stats, pct, self.feature_dim(), self.num_classes(), self.verify_hashes)
+        TrainStats::read(
+            &self.dir,
+            stats,
+            pct,
+            self.feature_dim(),
+            self.num_classes(),
+            self.verify_hashes,
+        )
     }
 
     /// Loads set `set` whole into preallocated arrays. Peak memory is the result plus
@@ -143,7 +161,8 @@ impl FeatureCache {
         let entry = self.manifest.split_entry(set)?;
         let (m, c) = (self.feature_dim(), self.num_classes());
         let n = usize::try_from(entry.rows).expect("row count fits in memory");
-        let mut reader = SplitReader::open(&self.dir, entry, m, c, self.verify_hashes, LOAD_BATCH_ROWS)?;
+        let mut reader =
+            SplitReader::open(&self.dir, entry, m, c, self.verify_hashes, LOAD_BATCH_ROWS)?;
         let mut out = SplitData {
             index: Vec::with_capacity(n),
             paths: Vec::with_capacity(n),
@@ -168,7 +187,12 @@ impl FeatureCache {
                 logits[row * c..(row + rows) * c].copy_from_slice(batch.logits);
                 out.index.extend_from_slice(batch.index);
                 out.labels.extend_from_slice(batch.labels);
-                out.paths.extend(batch.paths.iter().map(|p| p.unwrap_or_default().to_string()));
+                out.paths.extend(
+                    batch
+                        .paths
+                        .iter()
+                        .map(|p| p.unwrap_or_default().to_string()),
+                );
                 row += rows;
             }
         }
@@ -214,10 +238,16 @@ impl Iterator for SplitStream {
                 let rows = b.index.len();
                 Some(Ok(SplitData {
                     index: b.index.to_vec(),
-                    paths: b.paths.iter().map(|p| p.unwrap_or_default().to_string()).collect(),
+                    paths: b
+                        .paths
+                        .iter()
+                        .map(|p| p.unwrap_or_default().to_string())
+                        .collect(),
                     labels: b.labels.to_vec(),
-                    features: Array2::from_shape_vec((rows, m), b.features.to_vec()).expect("checked width"),
-                    logits: Array2::from_shape_vec((rows, c), b.logits.to_vec()).expect("checked width"),
+                    features: Array2::from_shape_vec((rows, m), b.features.to_vec())
+                        .expect("checked width"),
+                    logits: Array2::from_shape_vec((rows, c), b.logits.to_vec())
+                        .expect("checked width"),
                 }))
             }
             Ok(None) => {
@@ -260,7 +290,14 @@ pub(crate) struct SplitReader {
 
 impl SplitReader {
     /// Opens a split listed in a manifest.
-    pub(crate) fn open(dir: &Path, entry: &FileEntry, m: usize, c: usize, verify: bool, batch_rows: usize) -> Result<SplitReader> {
+    pub(crate) fn open(
+        dir: &Path,
+        entry: &FileEntry,
+        m: usize,
+        c: usize,
+        verify: bool,
+        batch_rows: usize,
+    ) -> Result<SplitReader> {
         let set = entry.set.as_deref().expect("split entries carry a set");
         Self::open_path(
             &dir.join(&entry.name),
@@ -375,7 +412,10 @@ impl SplitReader {
         let labels = schema::i32_values(batch, p, col::LABEL)?;
         let features = schema::vector_values::<Float32Type>(batch, p, col::FEATURE, self.m)?;
         let logits = schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?;
-        for (column, values, width) in [(col::FEATURE, features, self.m), (col::LOGITS, logits, self.c)] {
+        for (column, values, width) in [
+            (col::FEATURE, features, self.m),
+            (col::LOGITS, logits, self.c),
+        ] {
             if let Some(r) = first_non_finite_f32(values, width) {
                 return Err(CacheError::NonFinite {
                     file: p.clone(),
@@ -437,7 +477,11 @@ impl SplitReader {
 }
 
 /// When `hash` says the file differs from the manifest, that is the error to report.
-fn prefer_hash_error(e: CacheError, hash: Option<BackgroundHash>, expected: Option<&str>) -> CacheError {
+fn prefer_hash_error(
+    e: CacheError,
+    hash: Option<BackgroundHash>,
+    expected: Option<&str>,
+) -> CacheError {
     match (hash, expected) {
         (Some(h), Some(sha)) => match h.check(sha) {
             Err(mismatch @ CacheError::HashMismatch { .. }) => mismatch,
@@ -472,10 +516,13 @@ pub(crate) fn read_small_file(
             });
         }
         let kv = opened.kv.clone();
-        let reader = opened.builder.build().map_err(|source| CacheError::Corrupt {
-            file: path.clone(),
-            source,
-        })?;
+        let reader = opened
+            .builder
+            .build()
+            .map_err(|source| CacheError::Corrupt {
+                file: path.clone(),
+                source,
+            })?;
         let batches = reader
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|source| CacheError::Arrow {
@@ -497,7 +544,12 @@ pub(crate) fn read_small_file(
 
 /// Reads and checks `head.parquet`: C rows, classes `0..C` in order, names as in the
 /// manifest, `weight` m wide, finite values.
-pub(crate) fn read_head(dir: &Path, entry: &FileEntry, manifest: &Manifest, verify: bool) -> Result<Head> {
+pub(crate) fn read_head(
+    dir: &Path,
+    entry: &FileEntry,
+    manifest: &Manifest,
+    verify: bool,
+) -> Result<Head> {
     let (m, c) = (manifest.model.feature_dim, manifest.model.num_classes);
     let path = dir.join(&entry.name);
     let (batches, _) = read_small_file(dir, entry, &schema::head_schema(m), m, c, verify)?;
@@ -507,8 +559,17 @@ pub(crate) fn read_head(dir: &Path, entry: &FileEntry, manifest: &Manifest, veri
     let mut bias = Vec::with_capacity(c);
     for b in &batches {
         classes.extend_from_slice(schema::u32_values(b, &path, col::CLASS)?);
-        names.extend(schema::str_values(b, &path, col::NAME)?.iter().map(|s| s.unwrap_or_default().to_string()));
-        weight.extend_from_slice(schema::vector_values::<Float32Type>(b, &path, col::WEIGHT, m)?);
+        names.extend(
+            schema::str_values(b, &path, col::NAME)?
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string()),
+        );
+        weight.extend_from_slice(schema::vector_values::<Float32Type>(
+            b,
+            &path,
+            col::WEIGHT,
+            m,
+        )?);
         bias.extend_from_slice(schema::f32_values(b, &path, col::BIAS)?);
     }
     if classes.len() != c {

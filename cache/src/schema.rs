@@ -126,7 +126,10 @@ pub(crate) fn footer(role: Role, set: Option<&str>, m: usize, c: usize) -> Vec<(
 
 /// Writer settings of every file: zstd, no dictionary (vectors of floats do not repeat),
 /// `row_group_rows` rows per row group, footer metadata `kv`.
-pub(crate) fn writer_properties(row_group_rows: usize, kv: Vec<(String, String)>) -> WriterProperties {
+pub(crate) fn writer_properties(
+    row_group_rows: usize,
+    kv: Vec<(String, String)>,
+) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
@@ -134,9 +137,7 @@ pub(crate) fn writer_properties(row_group_rows: usize, kv: Vec<(String, String)>
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(
-            kv.into_iter()
-                .map(|(k, v)| KeyValue::new(k, v))
-                .collect(),
+            kv.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect(),
         ))
         .build()
 }
@@ -161,12 +162,11 @@ pub(crate) fn open_parquet(path: &Path) -> Result<OpenedParquet> {
             io_err(path)(e)
         }
     })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
-        CacheError::Corrupt {
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| CacheError::Corrupt {
             file: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     let meta = builder.metadata().file_metadata();
     let kv = meta
         .key_value_metadata()
@@ -205,7 +205,14 @@ impl OpenedParquet {
     }
 
     /// Checks the footer's version, role, set and dims.
-    pub(crate) fn expect_footer(&self, file: &Path, role: Role, set: Option<&str>, m: usize, c: usize) -> Result<()> {
+    pub(crate) fn expect_footer(
+        &self,
+        file: &Path,
+        role: Role,
+        set: Option<&str>,
+        m: usize,
+        c: usize,
+    ) -> Result<()> {
         for (k, v) in footer(role, set, m, c) {
             self.expect_kv(file, &k, &v)?;
         }
@@ -216,13 +223,12 @@ impl OpenedParquet {
     /// same type; a vector column of another width is a [`CacheError::DimMismatch`].
     pub(crate) fn expect_schema(&self, file: &Path, expected: &Schema) -> Result<()> {
         for field in expected.fields() {
-            let found = self
-                .schema
-                .field_with_name(field.name())
-                .map_err(|_| CacheError::MissingColumn {
+            let found = self.schema.field_with_name(field.name()).map_err(|_| {
+                CacheError::MissingColumn {
                     file: file.to_path_buf(),
                     column: field.name().clone(),
-                })?;
+                }
+            })?;
             check_type(file, field.name(), field.data_type(), found.data_type())?;
         }
         Ok(())
@@ -254,23 +260,36 @@ fn check_type(file: &Path, column: &str, expected: &DataType, found: &DataType) 
     Ok(())
 }
 
-fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, file: &Path, name: &str) -> Result<&'a T> {
-    let array = batch.column_by_name(name).ok_or_else(|| CacheError::MissingColumn {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-    })?;
+fn column<'a, T: Array + 'static>(
+    batch: &'a RecordBatch,
+    file: &Path,
+    name: &str,
+) -> Result<&'a T> {
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| CacheError::MissingColumn {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+        })?;
     if array.null_count() > 0 {
         return Err(CacheError::Nulls {
             file: file.to_path_buf(),
             column: name.to_string(),
         });
     }
-    array.as_any().downcast_ref::<T>().ok_or_else(|| CacheError::SchemaMismatch {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-        expected: std::any::type_name::<T>().rsplit("::").next().unwrap_or("").to_string(),
-        found: array.data_type().to_string(),
-    })
+    array
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| CacheError::SchemaMismatch {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+            expected: std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            found: array.data_type().to_string(),
+        })
 }
 
 /// The non-null u64 values of column `name`.
@@ -294,28 +313,46 @@ pub(crate) fn f32_values<'a>(batch: &'a RecordBatch, file: &Path, name: &str) ->
 }
 
 /// The f64 values of column `name`, `None` for nulls.
-pub(crate) fn opt_f64_values(batch: &RecordBatch, file: &Path, name: &str) -> Result<Vec<Option<f64>>> {
-    let array = batch.column_by_name(name).ok_or_else(|| CacheError::MissingColumn {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-    })?;
-    let a = array.as_any().downcast_ref::<Float64Array>().ok_or_else(|| CacheError::SchemaMismatch {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-        expected: "Float64".into(),
-        found: array.data_type().to_string(),
-    })?;
+pub(crate) fn opt_f64_values(
+    batch: &RecordBatch,
+    file: &Path,
+    name: &str,
+) -> Result<Vec<Option<f64>>> {
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| CacheError::MissingColumn {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+        })?;
+    let a = array
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .ok_or_else(|| CacheError::SchemaMismatch {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+            expected: "Float64".into(),
+            found: array.data_type().to_string(),
+        })?;
     Ok(a.iter().collect())
 }
 
 /// The strings of column `name`.
-pub(crate) fn str_values<'a>(batch: &'a RecordBatch, file: &Path, name: &str) -> Result<&'a StringArray> {
+pub(crate) fn str_values<'a>(
+    batch: &'a RecordBatch,
+    file: &Path,
+    name: &str,
+) -> Result<&'a StringArray> {
     column::<StringArray>(batch, file, name)
 }
 
 /// The flattened values (row-major, `rows x width`) of a non-null fixed-size-list column
 /// of primitive type `T`.
-pub(crate) fn vector_values<'a, T>(batch: &'a RecordBatch, file: &Path, name: &str, width: usize) -> Result<&'a [T::Native]>
+pub(crate) fn vector_values<'a, T>(
+    batch: &'a RecordBatch,
+    file: &Path,
+    name: &str,
+    width: usize,
+) -> Result<&'a [T::Native]>
 where
     T: arrow_array::types::ArrowPrimitiveType,
 {
@@ -334,10 +371,12 @@ pub(crate) fn nullable_vector_values<'a, T>(
 where
     T: arrow_array::types::ArrowPrimitiveType,
 {
-    let array = batch.column_by_name(name).ok_or_else(|| CacheError::MissingColumn {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-    })?;
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| CacheError::MissingColumn {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+        })?;
     let list = array
         .as_any()
         .downcast_ref::<FixedSizeListArray>()
@@ -388,12 +427,13 @@ where
     }
     let start = list.value_offset_at(0);
     let all = values.values();
-    all.get(start..start + list.len() * width).ok_or_else(|| CacheError::DimMismatch {
-        file: file.to_path_buf(),
-        column: name.to_string(),
-        expected: list.len() * width,
-        found: all.len().saturating_sub(start),
-    })
+    all.get(start..start + list.len() * width)
+        .ok_or_else(|| CacheError::DimMismatch {
+            file: file.to_path_buf(),
+            column: name.to_string(),
+            expected: list.len() * width,
+            found: all.len().saturating_sub(start),
+        })
 }
 
 /// A non-null fixed-size-list column of `values` (`rows x width`, row-major).
@@ -413,16 +453,25 @@ where
 /// Row of the first non-finite value of `values` (row-major, `width` per row).
 pub(crate) fn first_non_finite_f32(values: &[f32], width: usize) -> Option<usize> {
     // A cheap vectorisable pre-check (inf - inf = NaN, NaN propagates) before the search.
-    let sum: f32 = values.chunks(4096).map(|c| c.iter().map(|v| v * 0.0).sum::<f32>()).sum();
+    let sum: f32 = values
+        .chunks(4096)
+        .map(|c| c.iter().map(|v| v * 0.0).sum::<f32>())
+        .sum();
     if sum == 0.0 {
         return None;
     }
-    values.iter().position(|v| !v.is_finite()).map(|p| p / width.max(1))
+    values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|p| p / width.max(1))
 }
 
 /// Like [`first_non_finite_f32`] for f64.
 pub(crate) fn first_non_finite_f64(values: &[f64], width: usize) -> Option<usize> {
-    values.iter().position(|v| !v.is_finite()).map(|p| p / width.max(1))
+    values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|p| p / width.max(1))
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use arrow_array::types::Float64Type;
 use arrow_array::{
-    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, RecordBatch,
-    UInt64Array,
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, RecordBatch, UInt64Array,
 };
 use arrow_buffer::NullBuffer;
 use ndarray::{Array1, Array2};
@@ -76,15 +75,18 @@ pub struct TrainStats {
     pub activation_percentiles: ActivationPercentiles,
 }
 
+/// Receives one batch: labels, features (rows x m), logits (rows x C).
+pub(crate) type BatchFn<'a> = dyn FnMut(&[i32], &[f32], &[f32]) -> Result<()> + 'a;
+
 /// A source of ID-train rows that can be read several times in the same order.
 pub(crate) trait RowSource {
     /// Calls `f(labels, features, logits)` on consecutive batches of all rows
     /// (features row-major `rows x m`, logits `rows x C`).
-    fn for_each_batch(&mut self, f: &mut dyn FnMut(&[i32], &[f32], &[f32]) -> Result<()>) -> Result<()>;
+    fn for_each_batch(&mut self, f: &mut BatchFn<'_>) -> Result<()>;
 }
 
 impl RowSource for &crate::SplitData {
-    fn for_each_batch(&mut self, f: &mut dyn FnMut(&[i32], &[f32], &[f32]) -> Result<()>) -> Result<()> {
+    fn for_each_batch(&mut self, f: &mut BatchFn<'_>) -> Result<()> {
         let features = self.features.as_standard_layout();
         let logits = self.logits.as_standard_layout();
         f(
@@ -97,7 +99,9 @@ impl RowSource for &crate::SplitData {
 
 /// Cross-entropy `logsumexp(z) - z[y]` in f64.
 fn cross_entropy(z: &[f32], y: usize) -> f64 {
-    let max = z.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
+    let max = z
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
     let sum: f64 = z.iter().map(|&v| (f64::from(v) - max).exp()).sum();
     max + sum.ln() - f64::from(z[y])
 }
@@ -168,7 +172,10 @@ pub(crate) fn compute_train_stats(
     }
     let grid = percentile::grid();
     let total = select.count();
-    let interp: Vec<_> = grid.iter().map(|&q| percentile::interpolation(total, q)).collect();
+    let interp: Vec<_> = grid
+        .iter()
+        .map(|&q| percentile::interpolation(total, q))
+        .collect();
     let ranks: Vec<u64> = interp.iter().flat_map(|i| [i.lower, i.upper]).collect();
     select.want(&ranks);
     while !select.done() {
@@ -185,7 +192,10 @@ pub(crate) fn compute_train_stats(
     let numpy_f64 = interp
         .iter()
         .map(|i| {
-            let (a, b) = (f64::from(select.value(i.lower)), f64::from(select.value(i.upper)));
+            let (a, b) = (
+                f64::from(select.value(i.lower)),
+                f64::from(select.value(i.upper)),
+            );
             percentile::lerp_f64(a, b, i.gamma)
         })
         .collect();
@@ -207,7 +217,9 @@ pub(crate) fn compute_train_stats(
         mean_ce: ce_sum / n as f64,
         accuracy: class_correct.iter().sum::<u64>() as f64 / n as f64,
         class_mean_ce: (0..c).map(|k| per_class(k, class_ce[k])).collect(),
-        class_accuracy: (0..c).map(|k| per_class(k, class_correct[k] as f64)).collect(),
+        class_accuracy: (0..c)
+            .map(|k| per_class(k, class_correct[k] as f64))
+            .collect(),
         mean,
         class_means,
         class_counts: counts,
@@ -268,9 +280,21 @@ impl TrainStats {
             ("line_contribution", c * m, self.line_contribution.len()),
             ("mean_ce (classes)", c, self.class_mean_ce.len()),
             ("accuracy (classes)", c, self.class_accuracy.len()),
-            ("q", percentile::GRID_LEN, self.activation_percentiles.q.len()),
-            ("value_f32", percentile::GRID_LEN, self.activation_percentiles.numpy_f32.len()),
-            ("value_f64", percentile::GRID_LEN, self.activation_percentiles.numpy_f64.len()),
+            (
+                "q",
+                percentile::GRID_LEN,
+                self.activation_percentiles.q.len(),
+            ),
+            (
+                "value_f32",
+                percentile::GRID_LEN,
+                self.activation_percentiles.numpy_f32.len(),
+            ),
+            (
+                "value_f64",
+                percentile::GRID_LEN,
+                self.activation_percentiles.numpy_f64.len(),
+            ),
         ];
         for (column, expected, found) in checks {
             if expected != found {
@@ -313,9 +337,12 @@ impl TrainStats {
         let (c, m) = (self.num_classes(), self.feature_dim());
         let row_vec = |a: &Array2<f64>, k: usize| a.row(k).to_vec();
         let class: Vec<i32> = std::iter::once(-1).chain(0..c as i32).collect();
-        let count: Vec<u64> = std::iter::once(self.n_train).chain(self.class_counts.iter().copied()).collect();
+        let count: Vec<u64> = std::iter::once(self.n_train)
+            .chain(self.class_counts.iter().copied())
+            .collect();
         let mean = f64_vectors(
-            std::iter::once(Some(self.mean.to_vec())).chain((0..c).map(|k| Some(row_vec(&self.class_means, k)))),
+            std::iter::once(Some(self.mean.to_vec()))
+                .chain((0..c).map(|k| Some(row_vec(&self.class_means, k)))),
             m,
         );
         let dice = f64_vectors(
@@ -326,8 +353,12 @@ impl TrainStats {
             std::iter::once(None).chain((0..c).map(|k| Some(row_vec(&self.line_contribution, k)))),
             m,
         );
-        let ce: Float64Array = std::iter::once(Some(self.mean_ce)).chain(self.class_mean_ce.iter().copied()).collect();
-        let acc: Float64Array = std::iter::once(Some(self.accuracy)).chain(self.class_accuracy.iter().copied()).collect();
+        let ce: Float64Array = std::iter::once(Some(self.mean_ce))
+            .chain(self.class_mean_ce.iter().copied())
+            .collect();
+        let acc: Float64Array = std::iter::once(Some(self.accuracy))
+            .chain(self.class_accuracy.iter().copied())
+            .collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int32Array::from(class)),
             Arc::new(UInt64Array::from(count)),
@@ -350,9 +381,11 @@ impl TrainStats {
             Arc::new(Float32Array::from(p.numpy_f32.clone())),
             Arc::new(Float64Array::from(p.numpy_f64.clone())),
         ];
-        RecordBatch::try_new(schema::percentiles_schema(), columns).map_err(|source| CacheError::Arrow {
-            file: PERCENTILES_FILE.into(),
-            source,
+        RecordBatch::try_new(schema::percentiles_schema(), columns).map_err(|source| {
+            CacheError::Arrow {
+                file: PERCENTILES_FILE.into(),
+                source,
+            }
         })
     }
 
@@ -371,8 +404,14 @@ impl TrainStats {
         )?;
         entries.push(stats.entry(STATS_FILE, Role::Stats, None));
         let mut kv = kv;
-        kv.push((KEY_NUM_VALUES.into(), self.activation_percentiles.num_values.to_string()));
-        kv.push((KEY_NUM_ZEROS.into(), self.activation_percentiles.num_zeros.to_string()));
+        kv.push((
+            KEY_NUM_VALUES.into(),
+            self.activation_percentiles.num_values.to_string(),
+        ));
+        kv.push((
+            KEY_NUM_ZEROS.into(),
+            self.activation_percentiles.num_zeros.to_string(),
+        ));
         let pct = crate::writer::write_parquet_atomic(
             &dir.join(PERCENTILES_FILE),
             schema::percentiles_schema(),
@@ -385,9 +424,17 @@ impl TrainStats {
 
     /// Reads both statistics files of a cache, checking hashes (when `verify`), footers,
     /// schemas and dims.
-    pub(crate) fn read(dir: &Path, stats: &FileEntry, pct: &FileEntry, m: usize, c: usize, verify: bool) -> Result<TrainStats> {
+    pub(crate) fn read(
+        dir: &Path,
+        stats: &FileEntry,
+        pct: &FileEntry,
+        m: usize,
+        c: usize,
+        verify: bool,
+    ) -> Result<TrainStats> {
         let stats_path = dir.join(&stats.name);
-        let (batches, _) = crate::reader::read_small_file(dir, stats, &schema::stats_schema(m), m, c, verify)?;
+        let (batches, _) =
+            crate::reader::read_small_file(dir, stats, &schema::stats_schema(m), m, c, verify)?;
         let mut class = Vec::new();
         let mut count = Vec::new();
         let mut mean = Vec::new();
@@ -398,9 +445,24 @@ impl TrainStats {
         for b in &batches {
             class.extend_from_slice(schema::i32_values(b, &stats_path, col::CLASS)?);
             count.extend_from_slice(schema::u64_values(b, &stats_path, "count")?);
-            mean.extend_from_slice(schema::vector_values::<Float64Type>(b, &stats_path, "mean", m)?);
-            let (d, dv) = schema::nullable_vector_values::<Float64Type>(b, &stats_path, "dice_contribution", m)?;
-            let (l, lv) = schema::nullable_vector_values::<Float64Type>(b, &stats_path, "line_contribution", m)?;
+            mean.extend_from_slice(schema::vector_values::<Float64Type>(
+                b,
+                &stats_path,
+                "mean",
+                m,
+            )?);
+            let (d, dv) = schema::nullable_vector_values::<Float64Type>(
+                b,
+                &stats_path,
+                "dice_contribution",
+                m,
+            )?;
+            let (l, lv) = schema::nullable_vector_values::<Float64Type>(
+                b,
+                &stats_path,
+                "line_contribution",
+                m,
+            )?;
             for (r, (dv, lv)) in dv.iter().zip(&lv).enumerate() {
                 if *dv {
                     dice.extend_from_slice(&d[r * m..(r + 1) * m]);
@@ -419,7 +481,10 @@ impl TrainStats {
                 reason: format!("column `class` must be -1, 0, ..., {} in order", c - 1),
             });
         }
-        for (column, len) in [("dice_contribution", dice.len()), ("line_contribution", line.len())] {
+        for (column, len) in [
+            ("dice_contribution", dice.len()),
+            ("line_contribution", line.len()),
+        ] {
             if len != c * m {
                 return Err(CacheError::DimMismatch {
                     file: stats_path.clone(),
@@ -437,14 +502,29 @@ impl TrainStats {
         };
 
         let pct_path = dir.join(&pct.name);
-        let (batches, kv) = crate::reader::read_small_file(dir, pct, &schema::percentiles_schema(), m, c, verify)?;
+        let (batches, kv) =
+            crate::reader::read_small_file(dir, pct, &schema::percentiles_schema(), m, c, verify)?;
         let mut q = Vec::new();
         let mut v32 = Vec::new();
         let mut v64 = Vec::new();
         for b in &batches {
-            q.extend(b.column(0).as_any().downcast_ref::<Float64Array>().expect("schema checked").values().iter());
+            q.extend(
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("schema checked")
+                    .values()
+                    .iter(),
+            );
             v32.extend_from_slice(schema::f32_values(b, &pct_path, "value_f32")?);
-            v64.extend(b.column(2).as_any().downcast_ref::<Float64Array>().expect("schema checked").values().iter());
+            v64.extend(
+                b.column(2)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("schema checked")
+                    .values()
+                    .iter(),
+            );
         }
         if q != percentile::grid() {
             return Err(CacheError::InvalidInput {
@@ -464,7 +544,8 @@ impl TrainStats {
         let stats = TrainStats {
             n_train: count[0],
             mean: Array1::from(mean[..m].to_vec()),
-            class_means: Array2::from_shape_vec((c, m), mean[m..].to_vec()).expect("length checked"),
+            class_means: Array2::from_shape_vec((c, m), mean[m..].to_vec())
+                .expect("length checked"),
             class_counts: count[1..].to_vec(),
             dice_contribution: Array2::from_shape_vec((c, m), dice).expect("length checked"),
             line_contribution: Array2::from_shape_vec((c, m), line).expect("length checked"),
@@ -515,13 +596,19 @@ mod tests {
         assert_eq!(s.mean, ndarray::array![3.0, 2.0]);
         assert_eq!(s.class_means, ndarray::array![[1.0, 0.0], [4.0, 3.0]]);
         assert_eq!(s.class_counts, vec![1, 2]);
-        assert_eq!(s.dice_contribution, ndarray::array![[3.0, -2.0], [1.5, 4.0]]);
+        assert_eq!(
+            s.dice_contribution,
+            ndarray::array![[3.0, -2.0], [1.5, 4.0]]
+        );
         assert_eq!(s.line_contribution, ndarray::array![[1.0, 0.0], [2.0, 6.0]]);
         assert!((s.accuracy - 2.0 / 3.0).abs() < 1e-15);
         assert_eq!(s.class_accuracy, vec![Some(1.0), Some(0.5)]);
         let values = [1.0f32, 0.0, 3.0, 2.0, 5.0, 4.0];
         for (k, &q) in s.activation_percentiles.q.iter().enumerate() {
-            assert_eq!(s.activation_percentiles.numpy_f32[k], percentile::numpy_percentile_f32(&values, q));
+            assert_eq!(
+                s.activation_percentiles.numpy_f32[k],
+                percentile::numpy_percentile_f32(&values, q)
+            );
         }
         assert_eq!(s.activation_percentiles.num_zeros, 1);
         assert_eq!(s.activation_percentiles.at(50.0), Some((2.5, 2.5)));

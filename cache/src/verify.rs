@@ -97,7 +97,9 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<Report> {
             Role::Head => read_head(&dir, entry, &manifest, true).map(|_| entry.rows),
             Role::Stats if entry.name == PERCENTILES_FILE => continue, // read with STATS_FILE
             Role::Stats => {
-                let pct = manifest.file(PERCENTILES_FILE).expect("manifest validated: stats come in pairs");
+                let pct = manifest
+                    .file(PERCENTILES_FILE)
+                    .expect("manifest validated: stats come in pairs");
                 match TrainStats::read(&dir, entry, pct, m, c, true) {
                     Ok(stats) => {
                         report.passed.push(FileCheck {
@@ -151,7 +153,14 @@ fn read_split(
     role: Role,
     train_counts: &mut Option<Vec<u64>>,
 ) -> Result<u64> {
-    let mut reader = SplitReader::open(dir, entry, m, c, true, crate::schema::DEFAULT_ROW_GROUP_ROWS)?;
+    let mut reader = SplitReader::open(
+        dir,
+        entry,
+        m,
+        c,
+        true,
+        crate::schema::DEFAULT_ROW_GROUP_ROWS,
+    )?;
     let mut counts = vec![0u64; c];
     while let Some(b) = reader.next_checked()? {
         if role == Role::IdTrain {
@@ -167,7 +176,12 @@ fn read_split(
     Ok(rows)
 }
 
-fn check_stats_against_train(dir: &Path, manifest: &Manifest, stats: &TrainStats, report: &mut Report) {
+fn check_stats_against_train(
+    dir: &Path,
+    manifest: &Manifest,
+    stats: &TrainStats,
+    report: &mut Report,
+) {
     let Some(train) = manifest.split_names(Some(Role::IdTrain)).into_iter().next() else {
         return;
     };

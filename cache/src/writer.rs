@@ -102,11 +102,12 @@ impl AtomicParquet {
     fn create(path: &Path, schema: SchemaRef, props: WriterProperties) -> Result<AtomicParquet> {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let writer = ArrowWriter::try_new(HashingWriter::new(file), schema, Some(props))
-            .map_err(|source| CacheError::Corrupt {
+        let writer = ArrowWriter::try_new(HashingWriter::new(file), schema, Some(props)).map_err(
+            |source| CacheError::Corrupt {
                 file: tmp.clone(),
                 source,
-            })?;
+            },
+        )?;
         Ok(AtomicParquet {
             path: path.to_path_buf(),
             tmp,
@@ -117,18 +118,23 @@ impl AtomicParquet {
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).map_err(|source| CacheError::Corrupt {
-            file: self.tmp.clone(),
-            source,
-        })
+        self.writer
+            .write(batch)
+            .map_err(|source| CacheError::Corrupt {
+                file: self.tmp.clone(),
+                source,
+            })
     }
 
     /// Writes the footer, fsyncs, renames into place.
     fn commit(self) -> Result<FileSummary> {
-        let hashing = self.writer.into_inner().map_err(|source| CacheError::Corrupt {
-            file: self.tmp.clone(),
-            source,
-        })?;
+        let hashing = self
+            .writer
+            .into_inner()
+            .map_err(|source| CacheError::Corrupt {
+                file: self.tmp.clone(),
+                source,
+            })?;
         let (file, sha256, bytes) = hashing.finish();
         file.sync_all().map_err(io_err(&self.tmp))?;
         drop(file);
@@ -187,8 +193,10 @@ impl RowBuffer {
             out.index.push(self.index[i]);
             out.paths.push(std::mem::take(&mut self.paths[i]));
             out.labels.push(self.labels[i]);
-            out.features.extend_from_slice(&self.features[i * m..(i + 1) * m]);
-            out.logits.extend_from_slice(&self.logits[i * c..(i + 1) * c]);
+            out.features
+                .extend_from_slice(&self.features[i * m..(i + 1) * m]);
+            out.logits
+                .extend_from_slice(&self.logits[i * c..(i + 1) * c]);
         }
         self.index.drain(..n);
         self.paths.drain(..n);
@@ -206,7 +214,8 @@ impl RowBuffer {
             schema::vector_array::<Float32Type>(self.features, m),
             schema::vector_array::<Float32Type>(self.logits, c),
         ];
-        RecordBatch::try_new(schema::split_schema(m, c), columns).expect("columns built to the schema")
+        RecordBatch::try_new(schema::split_schema(m, c), columns)
+            .expect("columns built to the schema")
     }
 }
 
@@ -225,7 +234,11 @@ impl CacheWriter {
     }
 
     /// [`CacheWriter::create`] with explicit options.
-    pub fn create_with(dir: impl AsRef<Path>, init: ManifestInit, options: WriterOptions) -> Result<CacheWriter> {
+    pub fn create_with(
+        dir: impl AsRef<Path>,
+        init: ManifestInit,
+        options: WriterOptions,
+    ) -> Result<CacheWriter> {
         let dir = dir.as_ref().to_path_buf();
         init.model.validate(&dir.display().to_string())?;
         if options.row_group_rows == 0 {
@@ -239,7 +252,8 @@ impl CacheWriter {
         {
             return Err(CacheError::InvalidInput {
                 context: dir.display().to_string(),
-                reason: "directory is not empty (use CacheWriter::open_resume to continue a write)".into(),
+                reason: "directory is not empty (use CacheWriter::open_resume to continue a write)"
+                    .into(),
             });
         }
         let partial = dir.join(PARTIAL_DIR);
@@ -247,7 +261,9 @@ impl CacheWriter {
         let state = InitState { init, options };
         io::write_atomic(
             &partial.join(INIT_FILE),
-            serde_json::to_string_pretty(&state).expect("serialisable").as_bytes(),
+            serde_json::to_string_pretty(&state)
+                .expect("serialisable")
+                .as_bytes(),
         )?;
         fsync_dir(&dir)?;
         Ok(CacheWriter {
@@ -267,10 +283,11 @@ impl CacheWriter {
         let staged = tmp_path(&dir.join(MANIFEST_FILE));
         if init_path.exists() {
             let text = std::fs::read_to_string(&init_path).map_err(io_err(&init_path))?;
-            let state: InitState = serde_json::from_str(&text).map_err(|source| CacheError::ManifestJson {
-                file: init_path.clone(),
-                source,
-            })?;
+            let state: InitState =
+                serde_json::from_str(&text).map_err(|source| CacheError::ManifestJson {
+                    file: init_path.clone(),
+                    source,
+                })?;
             // A manifest staged by an interrupted finish is redone by the next finish.
             if staged.exists() {
                 std::fs::remove_file(&staged).map_err(io_err(&staged))?;
@@ -386,10 +403,20 @@ impl CacheWriter {
         }
         let final_path = self.dir.join(split_file_name(set, role));
         let scan = scan_parts(&set_dir, set, role, m, c)?;
-        let done: HashSet<u64> = scan.parts.iter().flat_map(|p| p.indices.iter().copied()).chain(scan.skipped.iter().map(|s| s.index)).collect();
+        let done: HashSet<u64> = scan
+            .parts
+            .iter()
+            .flat_map(|p| p.indices.iter().copied())
+            .chain(scan.skipped.iter().map(|s| s.index))
+            .collect();
         let committed_rows = scan.parts.iter().map(|p| p.indices.len() as u64).sum();
         if committed_rows > 0 {
-            tracing::info!(set, rows = committed_rows, parts = scan.parts.len(), "resuming split");
+            tracing::info!(
+                set,
+                rows = committed_rows,
+                parts = scan.parts.len(),
+                "resuming split"
+            );
         }
         Ok(SplitWriter {
             set: set.to_string(),
@@ -446,12 +473,26 @@ impl CacheWriter {
                 })
                 .collect();
             let name = split_file_name(&set, role);
-            let summary = join_sorted(sources, &self.dir.join(&name), &set, role, m, c, self.state.options.row_group_rows)?;
-            tracing::info!(set, rows = summary.rows, bytes = summary.bytes, "joined split");
+            let summary = join_sorted(
+                sources,
+                &self.dir.join(&name),
+                &set,
+                role,
+                m,
+                c,
+                self.state.options.row_group_rows,
+            )?;
+            tracing::info!(
+                set,
+                rows = summary.rows,
+                bytes = summary.bytes,
+                "joined split"
+            );
             splits.push(summary.entry(&name, role, Some(&set)));
             skipped.extend(scan.skipped);
         }
-        let given_stats = partial.join(STATS_FILE).exists() && partial.join(PERCENTILES_FILE).exists();
+        let given_stats =
+            partial.join(STATS_FILE).exists() && partial.join(PERCENTILES_FILE).exists();
         let head = crate::reader::read_head(
             &partial,
             &FileEntry {
@@ -479,7 +520,14 @@ impl CacheWriter {
         } else {
             StatsSource::Compute
         };
-        finalize(&self.dir, &self.state.init, &head, splits, skipped, stats_source)
+        finalize(
+            &self.dir,
+            &self.state.init,
+            &head,
+            splits,
+            skipped,
+            stats_source,
+        )
     }
 }
 
@@ -513,15 +561,27 @@ pub(crate) fn finalize(
                 let (src, dst) = (from.join(name), dir.join(name));
                 let tmp = tmp_path(&dst);
                 std::fs::copy(&src, &tmp).map_err(io_err(&src))?;
-                File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(&tmp))?;
                 commit_tmp(&tmp, &dst)?;
                 let (sha256, bytes) = io::sha256_file(&dst)?;
                 let rows = schema::open_parquet(&dst)?.num_rows;
-                files.push(FileSummary { sha256, bytes, rows }.entry(name, Role::Stats, None));
+                files.push(
+                    FileSummary {
+                        sha256,
+                        bytes,
+                        rows,
+                    }
+                    .entry(name, Role::Stats, None),
+                );
             }
             // Check what was copied against the dims.
             let stats_entry = files.iter().find(|f| f.name == STATS_FILE).expect("pushed");
-            let pct_entry = files.iter().find(|f| f.name == PERCENTILES_FILE).expect("pushed");
+            let pct_entry = files
+                .iter()
+                .find(|f| f.name == PERCENTILES_FILE)
+                .expect("pushed");
             TrainStats::read(dir, stats_entry, pct_entry, m, c, true)?;
         }
         StatsSource::Compute => {
@@ -583,9 +643,11 @@ pub(crate) fn write_head_file(path: &Path, head: &Head, names: &[String]) -> Res
         schema::vector_array::<Float32Type>(w.as_slice().expect("standard layout").to_vec(), m),
         Arc::new(arrow_array::Float32Array::from(head.bias.to_vec())),
     ];
-    let batch = RecordBatch::try_new(schema::head_schema(m), columns).map_err(|source| CacheError::Arrow {
-        file: path.to_path_buf(),
-        source,
+    let batch = RecordBatch::try_new(schema::head_schema(m), columns).map_err(|source| {
+        CacheError::Arrow {
+            file: path.to_path_buf(),
+            source,
+        }
     })?;
     let props = schema::writer_properties(c.max(1), schema::footer(Role::Head, None, m, c));
     write_parquet_atomic(path, schema::head_schema(m), props, [batch])
@@ -601,8 +663,17 @@ struct FileRows {
 }
 
 impl RowSource for FileRows {
-    fn for_each_batch(&mut self, f: &mut dyn FnMut(&[i32], &[f32], &[f32]) -> Result<()>) -> Result<()> {
-        let mut reader = SplitReader::open_path(&self.path, &self.set, Role::IdTrain, self.m, self.c, None, None, schema::DEFAULT_ROW_GROUP_ROWS)?;
+    fn for_each_batch(&mut self, f: &mut crate::stats::BatchFn<'_>) -> Result<()> {
+        let mut reader = SplitReader::open_path(
+            &self.path,
+            &self.set,
+            Role::IdTrain,
+            self.m,
+            self.c,
+            None,
+            None,
+            schema::DEFAULT_ROW_GROUP_ROWS,
+        )?;
         while let Some(b) = reader.next_checked()? {
             f(b.labels, b.features, b.logits)?;
         }
@@ -651,7 +722,10 @@ struct PartScan {
 }
 
 fn part_number(name: &str) -> Option<u64> {
-    name.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+    name.strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
 }
 
 /// Reads the committed parts of a set (their `index` column and skipped entries), and
@@ -677,18 +751,23 @@ fn scan_parts(set_dir: &Path, set: &str, role: Role, m: usize, c: usize) -> Resu
         opened.expect_footer(&path, role, Some(set), m, c)?;
         opened.expect_schema(&path, &schema::split_schema(m, c))?;
         if let Some(json) = opened.kv.get(KEY_SKIPPED) {
-            let s: Vec<Skipped> = serde_json::from_str(json).map_err(|e| CacheError::FooterMetadata {
-                file: path.clone(),
-                key: KEY_SKIPPED.into(),
-                reason: e.to_string(),
-            })?;
+            let s: Vec<Skipped> =
+                serde_json::from_str(json).map_err(|e| CacheError::FooterMetadata {
+                    file: path.clone(),
+                    key: KEY_SKIPPED.into(),
+                    reason: e.to_string(),
+                })?;
             skipped.extend(s);
         }
         let mask = ProjectionMask::roots(opened.builder.parquet_schema(), [0]);
-        let reader = opened.builder.with_projection(mask).build().map_err(|source| CacheError::Corrupt {
-            file: path.clone(),
-            source,
-        })?;
+        let reader = opened
+            .builder
+            .with_projection(mask)
+            .build()
+            .map_err(|source| CacheError::Corrupt {
+                file: path.clone(),
+                source,
+            })?;
         let mut indices = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|source| CacheError::Arrow {
@@ -831,19 +910,38 @@ impl SplitWriter {
         let rows = self.pending.take_sorted(n, self.m, self.c);
         let skipped = std::mem::take(&mut self.pending_skipped);
         let mut kv = schema::footer(self.role, Some(&self.set), self.m, self.c);
-        kv.push((KEY_SKIPPED.into(), serde_json::to_string(&skipped).expect("serialisable")));
-        let path = self.set_dir.join(format!("part-{:06}.parquet", self.next_part));
+        kv.push((
+            KEY_SKIPPED.into(),
+            serde_json::to_string(&skipped).expect("serialisable"),
+        ));
+        let path = self
+            .set_dir
+            .join(format!("part-{:06}.parquet", self.next_part));
         let indices: Vec<u64> = rows.index.clone();
         let batch = rows.into_batch(self.m, self.c);
-        write_parquet_atomic(&path, schema::split_schema(self.m, self.c), schema::writer_properties(self.row_group_rows, kv), [batch])?;
+        write_parquet_atomic(
+            &path,
+            schema::split_schema(self.m, self.c),
+            schema::writer_properties(self.row_group_rows, kv),
+            [batch],
+        )?;
         self.next_part += 1;
         self.committed_rows += indices.len() as u64;
         self.committed_skipped += skipped.len() as u64;
-        for i in indices.iter().copied().chain(skipped.iter().map(|s| s.index)) {
+        for i in indices
+            .iter()
+            .copied()
+            .chain(skipped.iter().map(|s| s.index))
+        {
             self.pending_indices.remove(&i);
             self.done.insert(i);
         }
-        tracing::debug!(set = self.set, part = self.next_part - 1, rows = indices.len(), "committed part");
+        tracing::debug!(
+            set = self.set,
+            part = self.next_part - 1,
+            rows = indices.len(),
+            "committed part"
+        );
         Ok(())
     }
 
@@ -853,7 +951,10 @@ impl SplitWriter {
             let n = self.pending.len();
             self.commit(n)?;
         }
-        io::write_atomic(&self.set_dir.join(CLOSED_FILE), self.committed_rows.to_string().as_bytes())?;
+        io::write_atomic(
+            &self.set_dir.join(CLOSED_FILE),
+            self.committed_rows.to_string().as_bytes(),
+        )?;
         Ok(self.committed_rows)
     }
 }
@@ -861,7 +962,11 @@ impl SplitWriter {
 impl Drop for SplitWriter {
     fn drop(&mut self) {
         if self.pending.len() > 0 {
-            tracing::warn!(set = self.set, rows = self.pending.len(), "SplitWriter dropped with uncommitted rows (not written)");
+            tracing::warn!(
+                set = self.set,
+                rows = self.pending.len(),
+                "SplitWriter dropped with uncommitted rows (not written)"
+            );
         }
     }
 }
@@ -901,7 +1006,11 @@ impl Cursor {
                 Some(b) => {
                     self.batch = RowBuffer {
                         index: b.index.to_vec(),
-                        paths: b.paths.iter().map(|p| p.unwrap_or_default().to_string()).collect(),
+                        paths: b
+                            .paths
+                            .iter()
+                            .map(|p| p.unwrap_or_default().to_string())
+                            .collect(),
                         labels: b.labels.to_vec(),
                         features: b.features.to_vec(),
                         logits: b.logits.to_vec(),
@@ -932,13 +1041,26 @@ pub(crate) fn join_sorted(
     let mut open: Vec<(Cursor, PathBuf)> = Vec::new();
     let mut buffer = RowBuffer::default();
     loop {
-        let best = open.iter().enumerate().min_by_key(|(_, (cur, _))| cur.head()).map(|(i, (cur, _))| (i, cur.head()));
+        let best = open
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (cur, _))| cur.head())
+            .map(|(i, (cur, _))| (i, cur.head()));
         let next_min = sources.last().map(|s| s.min_index);
         if let Some(min) = next_min
             && best.is_none_or(|(_, head)| min <= head)
         {
             let s = sources.pop().expect("non-empty");
-            let reader = SplitReader::open_path(&s.path, set, role, m, c, s.sha256.as_deref(), s.rows, row_group_rows)?;
+            let reader = SplitReader::open_path(
+                &s.path,
+                set,
+                role,
+                m,
+                c,
+                s.sha256.as_deref(),
+                s.rows,
+                row_group_rows,
+            )?;
             let mut cur = Cursor {
                 reader,
                 batch: RowBuffer::default(),
@@ -963,7 +1085,10 @@ pub(crate) fn join_sorted(
                 .iter()
                 .enumerate()
                 .find(|(j, (cur, _))| *j != i && cur.head() == head)
-                .map_or_else(|| PathBuf::from("an unopened source"), |(_, (_, p))| p.clone());
+                .map_or_else(
+                    || PathBuf::from("an unopened source"),
+                    |(_, (_, p))| p.clone(),
+                );
             return Err(CacheError::DuplicateIndex {
                 set: set.to_string(),
                 index: head,
@@ -978,8 +1103,12 @@ pub(crate) fn join_sorted(
         buffer.index.extend_from_slice(&cur.batch.index[a..e]);
         buffer.paths.extend(cur.batch.paths[a..e].iter().cloned());
         buffer.labels.extend_from_slice(&cur.batch.labels[a..e]);
-        buffer.features.extend_from_slice(&cur.batch.features[a * m..e * m]);
-        buffer.logits.extend_from_slice(&cur.batch.logits[a * c..e * c]);
+        buffer
+            .features
+            .extend_from_slice(&cur.batch.features[a * m..e * m]);
+        buffer
+            .logits
+            .extend_from_slice(&cur.batch.logits[a * c..e * c]);
         cur.pos = e;
         if cur.pos == cur.batch.index.len() && !cur.refill()? {
             open.swap_remove(i);

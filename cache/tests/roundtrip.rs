@@ -28,7 +28,14 @@ fn write_then_read_gives_the_same_data() {
     let names: Vec<_> = manifest.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(
         names,
-        ["head.parquet", "id_train.parquet", "id_test.parquet", "ood-noise.parquet", "activation_percentiles.parquet", "stats.parquet"]
+        [
+            "head.parquet",
+            "id_train.parquet",
+            "id_test.parquet",
+            "ood-noise.parquet",
+            "activation_percentiles.parquet",
+            "stats.parquet"
+        ]
     );
     assert!(!dir.join(".partial").exists());
 
@@ -40,7 +47,11 @@ fn write_then_read_gives_the_same_data() {
         let got = cache.split(set).unwrap();
         assert_eq!(got, expected_split(set), "set {set}");
         for batch_rows in [1, 50, 1000] {
-            let streamed: Vec<_> = cache.stream_split(set, batch_rows).unwrap().collect::<Result<_, _>>().unwrap();
+            let streamed: Vec<_> = cache
+                .stream_split(set, batch_rows)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
             assert!(streamed.iter().all(|b| b.rows() <= batch_rows));
             assert_eq!(concat(streamed), got);
         }
@@ -62,9 +73,9 @@ fn statistics_match_a_direct_computation() {
     let n = train.rows();
     assert_eq!(stats.n_train, n as u64);
     // Sequential f64 sums, as numpy's mean over axis 0 of the float64 copy.
-    let mut sum = vec![0f64; M];
+    let mut sum = [0f64; M];
     let mut class_sum = Array2::<f64>::zeros((C, M));
-    let mut counts = vec![0u64; C];
+    let mut counts = [0u64; C];
     for r in 0..n {
         let y = train.labels[r] as usize;
         counts[y] += 1;
@@ -83,12 +94,15 @@ fn statistics_match_a_direct_computation() {
             assert_eq!(stats.line_contribution[[k, i]], mu_c * w);
         }
     }
-    assert_eq!(stats.class_counts, counts);
+    assert_eq!(stats.class_counts, counts.to_vec());
     let flat: Vec<f32> = train.features.iter().copied().collect();
     let flat64: Vec<f64> = flat.iter().map(|&v| f64::from(v)).collect();
     let p = &stats.activation_percentiles;
     assert_eq!(p.num_values, (n * M) as u64);
-    assert_eq!(p.num_zeros, flat.iter().filter(|v| **v == 0.0).count() as u64);
+    assert_eq!(
+        p.num_zeros,
+        flat.iter().filter(|v| **v == 0.0).count() as u64
+    );
     assert!(p.num_zeros > 0);
     for (k, &q) in p.q.iter().enumerate() {
         assert_eq!(p.numpy_f32[k], numpy_percentile_f32(&flat, q), "q = {q}");
@@ -114,7 +128,12 @@ fn statistics_match_a_direct_computation() {
 fn rows_appended_out_of_order_are_sorted_and_duplicates_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cache");
-    let mut w = posthoc_cache::CacheWriter::create_with(&dir, init(M, C), posthoc_cache::WriterOptions { row_group_rows: 10 }).unwrap();
+    let mut w = posthoc_cache::CacheWriter::create_with(
+        &dir,
+        init(M, C),
+        posthoc_cache::WriterOptions { row_group_rows: 10 },
+    )
+    .unwrap();
     w.write_head(&head(M, C)).unwrap();
     let mut sw = w.split_writer("noise", Role::Ood).unwrap();
     let order: Vec<u64> = (0..45).map(|i| (i * 17) % 45).collect();
@@ -122,24 +141,37 @@ fn rows_appended_out_of_order_are_sorted_and_duplicates_refused() {
         sw.append(&rows(33, chunk, M, C, Role::Ood)).unwrap();
     }
     let err = sw.append(&rows(33, &[3], M, C, Role::Ood)).unwrap_err();
-    assert!(matches!(err, CacheError::DuplicateIndex { ref set, index: 3, .. } if set == "noise"), "{err}");
+    assert!(
+        matches!(err, CacheError::DuplicateIndex { ref set, index: 3, .. } if set == "noise"),
+        "{err}"
+    );
     sw.skip(45, "dir/broken.png", "cannot decode").unwrap();
     sw.close().unwrap();
     let manifest = w.finish().unwrap();
     assert_eq!(manifest.skipped.len(), 1);
     assert_eq!(manifest.skipped[0].index, 45);
-    assert!(manifest.file("stats.parquet").is_none(), "no id_train, no stats");
+    assert!(
+        manifest.file("stats.parquet").is_none(),
+        "no id_train, no stats"
+    );
     let cache = FeatureCache::open(&dir).unwrap();
     let got = cache.split("noise").unwrap();
     assert_eq!(got, rows(33, &(0..45).collect::<Vec<_>>(), M, C, Role::Ood));
-    assert!(matches!(cache.stats(), Err(CacheError::MissingStats { .. })));
+    assert!(matches!(
+        cache.stats(),
+        Err(CacheError::MissingStats { .. })
+    ));
 }
 
 #[test]
 fn merged_shards_equal_one_cache_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
-    let m1 = write_cache(&whole, posthoc_cache::schema::DEFAULT_ROW_GROUP_ROWS, |_| true);
+    let m1 = write_cache(
+        &whole,
+        posthoc_cache::schema::DEFAULT_ROW_GROUP_ROWS,
+        |_| true,
+    );
     let shards: Vec<_> = (0..3)
         .map(|s| {
             let d = tmp.path().join(format!("shard{s}"));
@@ -158,7 +190,10 @@ fn merged_shards_equal_one_cache_byte_for_byte() {
     let overlap = tmp.path().join("overlap");
     write_cache(&overlap, 16, |i| i == 5);
     let err = merge(&[shards[2].clone(), overlap], tmp.path().join("bad")).unwrap_err();
-    assert!(matches!(err, CacheError::DuplicateIndex { index: 5, .. }), "{err}");
+    assert!(
+        matches!(err, CacheError::DuplicateIndex { index: 5, .. }),
+        "{err}"
+    );
 
     // A shard with another head.
     let other = tmp.path().join("other");
@@ -168,7 +203,10 @@ fn merged_shards_equal_one_cache_byte_for_byte() {
     w.write_head(&h).unwrap();
     w.finish().unwrap();
     let err = merge(&[shards[0].clone(), other.clone()], tmp.path().join("bad2")).unwrap_err();
-    assert!(matches!(err, CacheError::MergeConflict { ref field, ref dir, .. } if field == "head" && *dir == other), "{err}");
+    assert!(
+        matches!(err, CacheError::MergeConflict { ref field, ref dir, .. } if field == "head" && *dir == other),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,45 +216,70 @@ fn files_use_plain_arrow_types_and_describe_themselves() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cache");
     write_cache(&dir, 64, |_| true);
-    let fsl = |t: DataType, n: i32| DataType::FixedSizeList(std::sync::Arc::new(arrow_schema::Field::new("item", t, false)), n);
+    let fsl = |t: DataType, n: i32| {
+        DataType::FixedSizeList(
+            std::sync::Arc::new(arrow_schema::Field::new("item", t, false)),
+            n,
+        )
+    };
     let expected: [(&str, Vec<(&str, DataType)>); 4] = [
-        ("ood-noise.parquet", vec![
-            ("index", DataType::UInt64),
-            ("path", DataType::Utf8),
-            ("label", DataType::Int32),
-            ("feature", fsl(DataType::Float32, M as i32)),
-            ("logits", fsl(DataType::Float32, C as i32)),
-        ]),
-        ("head.parquet", vec![
-            ("class", DataType::UInt32),
-            ("name", DataType::Utf8),
-            ("weight", fsl(DataType::Float32, M as i32)),
-            ("bias", DataType::Float32),
-        ]),
-        ("stats.parquet", vec![
-            ("class", DataType::Int32),
-            ("count", DataType::UInt64),
-            ("mean", fsl(DataType::Float64, M as i32)),
-            ("dice_contribution", fsl(DataType::Float64, M as i32)),
-            ("line_contribution", fsl(DataType::Float64, M as i32)),
-            ("mean_ce", DataType::Float64),
-            ("accuracy", DataType::Float64),
-        ]),
-        ("activation_percentiles.parquet", vec![
-            ("q", DataType::Float64),
-            ("value_f32", DataType::Float32),
-            ("value_f64", DataType::Float64),
-        ]),
+        (
+            "ood-noise.parquet",
+            vec![
+                ("index", DataType::UInt64),
+                ("path", DataType::Utf8),
+                ("label", DataType::Int32),
+                ("feature", fsl(DataType::Float32, M as i32)),
+                ("logits", fsl(DataType::Float32, C as i32)),
+            ],
+        ),
+        (
+            "head.parquet",
+            vec![
+                ("class", DataType::UInt32),
+                ("name", DataType::Utf8),
+                ("weight", fsl(DataType::Float32, M as i32)),
+                ("bias", DataType::Float32),
+            ],
+        ),
+        (
+            "stats.parquet",
+            vec![
+                ("class", DataType::Int32),
+                ("count", DataType::UInt64),
+                ("mean", fsl(DataType::Float64, M as i32)),
+                ("dice_contribution", fsl(DataType::Float64, M as i32)),
+                ("line_contribution", fsl(DataType::Float64, M as i32)),
+                ("mean_ce", DataType::Float64),
+                ("accuracy", DataType::Float64),
+            ],
+        ),
+        (
+            "activation_percentiles.parquet",
+            vec![
+                ("q", DataType::Float64),
+                ("value_f32", DataType::Float32),
+                ("value_f64", DataType::Float64),
+            ],
+        ),
     ];
     for (name, columns) in expected {
         let file = std::fs::File::open(dir.join(name)).unwrap();
         let b = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         let schema = b.schema();
-        let got: Vec<_> = schema.fields().iter().map(|f| (f.name().as_str(), f.data_type().clone())).collect();
+        let got: Vec<_> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type().clone()))
+            .collect();
         assert_eq!(got, columns, "{name}");
         // No extension types, no dictionaries, no large/view types.
         for f in schema.fields() {
-            assert!(f.metadata().is_empty(), "{name}: field metadata on {}", f.name());
+            assert!(
+                f.metadata().is_empty(),
+                "{name}: field metadata on {}",
+                f.name()
+            );
         }
         let meta = b.metadata();
         let kv: std::collections::BTreeMap<_, _> = meta
@@ -236,8 +299,14 @@ fn files_use_plain_arrow_types_and_describe_themselves() {
         for rg in meta.row_groups() {
             for col in rg.columns() {
                 // (The level is not recorded in the file.)
-                assert!(matches!(col.compression(), parquet::basic::Compression::ZSTD(_)), "{name}");
-                assert!(col.dictionary_page_offset().is_none(), "{name}: dictionary page");
+                assert!(
+                    matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
+                    "{name}"
+                );
+                assert!(
+                    col.dictionary_page_offset().is_none(),
+                    "{name}: dictionary page"
+                );
             }
         }
     }

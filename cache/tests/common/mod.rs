@@ -31,7 +31,10 @@ pub fn init(m: usize, c: usize) -> ManifestInit {
             class_names: (0..c).map(|k| format!("class{k}")).collect(),
         },
         preprocessing: serde_json::json!({"resize": 32}),
-        tool: ToolInfo { name: "test".into(), version: "0".into() },
+        tool: ToolInfo {
+            name: "test".into(),
+            version: "0".into(),
+        },
         created: None,
         provenance: serde_json::json!({"test": true}),
     }
@@ -52,11 +55,22 @@ pub fn rows(set_seed: u64, indices: &[u64], m: usize, c: usize, role: Role) -> S
         let v = unit(set_seed ^ mix(indices[r]) ^ ((i as u64) << 40)) * 3.0 - 1.0;
         v.max(0.0)
     });
-    let logits = Array2::from_shape_fn((n, c), |(r, k)| unit(set_seed ^ mix(indices[r] + 7) ^ ((k as u64) << 44)) * 10.0 - 5.0);
+    let logits = Array2::from_shape_fn((n, c), |(r, k)| {
+        unit(set_seed ^ mix(indices[r] + 7) ^ ((k as u64) << 44)) * 10.0 - 5.0
+    });
     SplitData {
         index: indices.to_vec(),
         paths: indices.iter().map(|i| format!("dir/{i:05}.png")).collect(),
-        labels: indices.iter().map(|&i| if role.is_id() { (i % c as u64) as i32 } else { -1 }).collect(),
+        labels: indices
+            .iter()
+            .map(|&i| {
+                if role.is_id() {
+                    (i % c as u64) as i32
+                } else {
+                    -1
+                }
+            })
+            .collect(),
         features,
         logits,
     }
@@ -75,7 +89,8 @@ pub const C: usize = 4;
 /// Writes the standard synthetic cache to `dir` with `row_group_rows`, appending in
 /// batches of 37 rows; only rows whose index satisfies `keep` are written (shards).
 pub fn write_cache(dir: &Path, row_group_rows: usize, keep: impl Fn(u64) -> bool) -> Manifest {
-    let mut w = CacheWriter::create_with(dir, init(M, C), WriterOptions { row_group_rows }).unwrap();
+    let mut w =
+        CacheWriter::create_with(dir, init(M, C), WriterOptions { row_group_rows }).unwrap();
     w.write_head(&head(M, C)).unwrap();
     for (set, role, seed, n) in SETS {
         let mut sw = w.split_writer(set, role).unwrap();
@@ -99,7 +114,8 @@ pub fn expected_split(set: &str) -> SplitData {
 pub fn reseal(dir: &Path, name: &str) {
     use sha2::Digest;
     let path = dir.join("manifest.json");
-    let mut manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut manifest: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let bytes = std::fs::read(dir.join(name)).unwrap();
     let entry = manifest.files.iter_mut().find(|f| f.name == name).unwrap();
     entry.bytes = bytes.len() as u64;
@@ -109,7 +125,9 @@ pub fn reseal(dir: &Path, name: &str) {
 
 /// `../shared/fixtures/<sub>` relative to the repository root, if present.
 pub fn fixture(sub: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(sub);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(sub);
     if p.exists() {
         Some(p)
     } else {
