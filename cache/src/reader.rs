@@ -1,0 +1,601 @@
+//! Reading a finished cache: [`FeatureCache`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_array::types::Float32Type;
+use arrow_schema::Schema;
+use ndarray::{Array1, Array2};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+
+use crate::data::{Head, SplitData};
+use crate::error::{CacheError, Result};
+use crate::io::{BackgroundHash, file_size};
+use crate::manifest::{
+    FileEntry, HEAD_FILE, MANIFEST_FILE, Manifest, PARTIAL_DIR, PERCENTILES_FILE, Role, STATS_FILE,
+};
+use crate::schema::{self, col, first_non_finite_f32};
+use crate::stats::TrainStats;
+
+/// Rows decoded at a time by whole-split loads (one default row group).
+const LOAD_BATCH_ROWS: usize = schema::DEFAULT_ROW_GROUP_ROWS;
+
+/// A finished cache directory, opened and checked: the manifest is valid, no write is
+/// pending, and every listed file exists with its recorded size. Data are read lazily.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    dir: PathBuf,
+    manifest: Manifest,
+    verify_hashes: bool,
+}
+
+/// Markers of an unfinished write: the `.partial` directory, a staged manifest.
+pub(crate) fn check_not_partial(dir: &Path) -> Result<()> {
+    if dir.join(PARTIAL_DIR).exists() {
+        return Err(CacheError::Unfinished {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "`{PARTIAL_DIR}` is present: a write was interrupted or not finished (resume it with CacheWriter::open_resume)"
+            ),
+        });
+    }
+    let staged = crate::io::tmp_path(&dir.join(MANIFEST_FILE));
+    if staged.exists() {
+        return Err(CacheError::Unfinished {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "`{}` is present: a finish was interrupted",
+                staged.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl FeatureCache {
+    /// Opens `dir`, checking sha256 of every file as it is read.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FeatureCache> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens `dir`; `verify_hashes = false` skips the sha256 checks on reads (sizes,
+    /// schemas, dims and finiteness are still checked).
+    pub fn open_with(dir: impl AsRef<Path>, verify_hashes: bool) -> Result<FeatureCache> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::read(&dir)?;
+        check_not_partial(&dir)?;
+        for f in &manifest.files {
+            let path = dir.join(&f.name);
+            match file_size(&path)? {
+                None => {
+                    return Err(CacheError::MissingFile {
+                        file: path,
+                        what: format!("{} file listed in the manifest", f.role),
+                    });
+                }
+                Some(size) if size != f.bytes => {
+                    return Err(CacheError::SizeMismatch {
+                        file: path,
+                        expected: f.bytes,
+                        found: size,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(FeatureCache {
+            dir,
+            manifest,
+            verify_hashes,
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Feature width m.
+    pub fn feature_dim(&self) -> usize {
+        self.manifest.model.feature_dim
+    }
+
+    /// Number of classes C.
+    pub fn num_classes(&self) -> usize {
+        self.manifest.model.num_classes
+    }
+
+    /// Names of the sets with `role`, in manifest order.
+    pub fn sets(&self, role: Role) -> Vec<String> {
+        self.manifest.split_names(Some(role))
+    }
+
+    /// The ID-train split name, if any.
+    pub fn id_train(&self) -> Option<String> {
+        self.sets(Role::IdTrain).into_iter().next()
+    }
+
+    /// The ID-test split name, if any.
+    pub fn id_test(&self) -> Option<String> {
+        self.sets(Role::IdTest).into_iter().next()
+    }
+
+    /// The linear head (`W`: C x m, `b`: C), checked against the manifest.
+    pub fn head(&self) -> Result<Head> {
+        let entry = self
+            .manifest
+            .file(HEAD_FILE)
+            .expect("manifest validated: one head");
+        read_head(&self.dir, entry, &self.manifest, self.verify_hashes)
+    }
+
+    /// The ID-train statistics, or [`CacheError::MissingStats`].
+    pub fn stats(&self) -> Result<TrainStats> {
+        let (Some(stats), Some(pct)) = (
+            self.manifest.file(STATS_FILE),
+            self.manifest.file(PERCENTILES_FILE),
+        ) else {
+            return Err(CacheError::MissingStats {
+                dir: self.dir.clone(),
+            });
+        };
+        TrainStats::read(
+            &self.dir,
+            stats,
+            pct,
+            self.feature_dim(),
+            self.num_classes(),
+            self.verify_hashes,
+        )
+    }
+
+    /// Loads set `set` whole into preallocated arrays. Peak memory is the result plus
+    /// one decoded row group.
+    pub fn split(&self, set: &str) -> Result<SplitData> {
+        let entry = self.manifest.split_entry(set)?;
+        let (m, c) = (self.feature_dim(), self.num_classes());
+        let n = usize::try_from(entry.rows).expect("row count fits in memory");
+        let mut reader =
+            SplitReader::open(&self.dir, entry, m, c, self.verify_hashes, LOAD_BATCH_ROWS)?;
+        let mut out = SplitData {
+            index: Vec::with_capacity(n),
+            paths: Vec::with_capacity(n),
+            labels: Vec::with_capacity(n),
+            features: Array2::zeros((n, m)),
+            logits: Array2::zeros((n, c)),
+        };
+        let mut row = 0usize;
+        {
+            let features = out.features.as_slice_mut().expect("standard layout");
+            let logits = out.logits.as_slice_mut().expect("standard layout");
+            while let Some(batch) = reader.next_checked()? {
+                let rows = batch.index.len();
+                if row + rows > n {
+                    return Err(reader.fail(CacheError::RowCount {
+                        file: reader.path.clone(),
+                        expected: entry.rows,
+                        found: (row + rows) as u64,
+                    }));
+                }
+                features[row * m..(row + rows) * m].copy_from_slice(batch.features);
+                logits[row * c..(row + rows) * c].copy_from_slice(batch.logits);
+                out.index.extend_from_slice(batch.index);
+                out.labels.extend_from_slice(batch.labels);
+                out.paths.extend(
+                    batch
+                        .paths
+                        .iter()
+                        .map(|p| p.unwrap_or_default().to_string()),
+                );
+                row += rows;
+            }
+        }
+        reader.finish()?;
+        Ok(out)
+    }
+
+    /// Streams set `set` in batches of at most `rows_per_batch` rows. The sha256 verdict
+    /// (and the row count check) arrive with the end of the stream: read it to the end.
+    pub fn stream_split(&self, set: &str, rows_per_batch: usize) -> Result<SplitStream> {
+        let entry = self.manifest.split_entry(set)?;
+        let reader = SplitReader::open(
+            &self.dir,
+            entry,
+            self.feature_dim(),
+            self.num_classes(),
+            self.verify_hashes,
+            rows_per_batch.max(1),
+        )?;
+        Ok(SplitStream {
+            reader,
+            done: false,
+        })
+    }
+}
+
+/// Batches of a split, in file order (ascending `index`); see [`FeatureCache::stream_split`].
+pub struct SplitStream {
+    reader: SplitReader,
+    done: bool,
+}
+
+impl Iterator for SplitStream {
+    type Item = Result<SplitData>;
+
+    fn next(&mut self) -> Option<Result<SplitData>> {
+        if self.done {
+            return None;
+        }
+        let (m, c) = (self.reader.m, self.reader.c);
+        match self.reader.next_checked() {
+            Ok(Some(b)) => {
+                let rows = b.index.len();
+                Some(Ok(SplitData {
+                    index: b.index.to_vec(),
+                    paths: b
+                        .paths
+                        .iter()
+                        .map(|p| p.unwrap_or_default().to_string())
+                        .collect(),
+                    labels: b.labels.to_vec(),
+                    features: Array2::from_shape_vec((rows, m), b.features.to_vec())
+                        .expect("checked width"),
+                    logits: Array2::from_shape_vec((rows, c), b.logits.to_vec())
+                        .expect("checked width"),
+                }))
+            }
+            Ok(None) => {
+                self.done = true;
+                self.reader.finish().err().map(Err)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// One decoded batch of a split, borrowed from its Arrow arrays, checked.
+pub(crate) struct BatchView<'a> {
+    pub(crate) index: &'a [u64],
+    pub(crate) paths: &'a arrow_array::StringArray,
+    pub(crate) labels: &'a [i32],
+    pub(crate) features: &'a [f32],
+    pub(crate) logits: &'a [f32],
+}
+
+/// Decodes a split file batch by batch and checks every batch: schema and dims against
+/// the manifest, no nulls, finite values, labels suiting the role, strictly increasing
+/// `index`; at the end the row count and (optionally) sha256.
+pub(crate) struct SplitReader {
+    pub(crate) path: PathBuf,
+    role: Role,
+    m: usize,
+    c: usize,
+    reader: ParquetRecordBatchReader,
+    hash: Option<BackgroundHash>,
+    expected_sha: String,
+    expected_rows: Option<u64>,
+    rows: u64,
+    last_index: Option<u64>,
+    current: Option<RecordBatch>,
+}
+
+impl SplitReader {
+    /// Opens a split listed in a manifest.
+    pub(crate) fn open(
+        dir: &Path,
+        entry: &FileEntry,
+        m: usize,
+        c: usize,
+        verify: bool,
+        batch_rows: usize,
+    ) -> Result<SplitReader> {
+        let set = entry.set.as_deref().expect("split entries carry a set");
+        Self::open_path(
+            &dir.join(&entry.name),
+            set,
+            entry.role,
+            m,
+            c,
+            verify.then_some(entry.sha256.as_str()),
+            Some(entry.rows),
+            batch_rows,
+        )
+    }
+
+    /// Opens any split file (also writer parts); `sha256`/`rows` when known.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open_path(
+        path: &Path,
+        set: &str,
+        role: Role,
+        m: usize,
+        c: usize,
+        sha256: Option<&str>,
+        rows: Option<u64>,
+        batch_rows: usize,
+    ) -> Result<SplitReader> {
+        let hash = sha256.map(|_| BackgroundHash::spawn(path));
+        let opened = match schema::open_parquet(path) {
+            Ok(o) => o,
+            Err(e) => return Err(prefer_hash_error(e, hash, sha256)),
+        };
+        let checks = opened
+            .expect_footer(path, role, Some(set), m, c)
+            .and_then(|_| opened.expect_schema(path, &schema::split_schema(m, c)))
+            .and_then(|_| match rows {
+                Some(r) if r != opened.num_rows => Err(CacheError::RowCount {
+                    file: path.to_path_buf(),
+                    expected: r,
+                    found: opened.num_rows,
+                }),
+                _ => Ok(()),
+            });
+        if let Err(e) = checks {
+            return Err(prefer_hash_error(e, hash, sha256));
+        }
+        let reader = match opened.builder.with_batch_size(batch_rows).build() {
+            Ok(r) => r,
+            Err(source) => {
+                let e = CacheError::Corrupt {
+                    file: path.to_path_buf(),
+                    source,
+                };
+                return Err(prefer_hash_error(e, hash, sha256));
+            }
+        };
+        Ok(SplitReader {
+            path: path.to_path_buf(),
+            role,
+            m,
+            c,
+            reader,
+            hash,
+            expected_sha: sha256.unwrap_or_default().to_string(),
+            expected_rows: rows,
+            rows: 0,
+            last_index: None,
+            current: None,
+        })
+    }
+
+    /// Turns an error into a hash mismatch when the file's hash is wrong (the better
+    /// explanation of a decode failure or an odd value).
+    pub(crate) fn fail(&mut self, e: CacheError) -> CacheError {
+        let expected = (!self.expected_sha.is_empty()).then_some(self.expected_sha.as_str());
+        prefer_hash_error(e, self.hash.take(), expected)
+    }
+
+    /// The next batch, checked, or `None` at the end.
+    pub(crate) fn next_checked(&mut self) -> Result<Option<BatchView<'_>>> {
+        self.current = match self.reader.next() {
+            None => None,
+            Some(Ok(b)) => Some(b),
+            Some(Err(source)) => {
+                let e = CacheError::Arrow {
+                    file: self.path.clone(),
+                    source,
+                };
+                return Err(self.fail(e));
+            }
+        };
+        if self.current.is_none() {
+            return Ok(None);
+        }
+        if let Err(e) = self.check_current() {
+            return Err(self.fail(e));
+        }
+        let batch = self.current.as_ref().expect("set above");
+        let p = &self.path;
+        Ok(Some(BatchView {
+            index: schema::u64_values(batch, p, col::INDEX)?,
+            paths: schema::str_values(batch, p, col::PATH)?,
+            labels: schema::i32_values(batch, p, col::LABEL)?,
+            features: schema::vector_values::<Float32Type>(batch, p, col::FEATURE, self.m)?,
+            logits: schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?,
+        }))
+    }
+
+    fn check_current(&mut self) -> Result<()> {
+        let batch = self.current.as_ref().expect("a current batch");
+        let p = &self.path;
+        let index = schema::u64_values(batch, p, col::INDEX)?;
+        schema::str_values(batch, p, col::PATH)?;
+        let labels = schema::i32_values(batch, p, col::LABEL)?;
+        let features = schema::vector_values::<Float32Type>(batch, p, col::FEATURE, self.m)?;
+        let logits = schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?;
+        for (column, values, width) in [
+            (col::FEATURE, features, self.m),
+            (col::LOGITS, logits, self.c),
+        ] {
+            if let Some(r) = first_non_finite_f32(values, width) {
+                return Err(CacheError::NonFinite {
+                    file: p.clone(),
+                    column: column.to_string(),
+                    row: self.rows + r as u64,
+                });
+            }
+        }
+        for (r, &label) in labels.iter().enumerate() {
+            let ok = if self.role.is_id() {
+                label >= 0 && (label as usize) < self.c
+            } else {
+                label == -1
+            };
+            if !ok {
+                return Err(CacheError::BadLabel {
+                    file: p.clone(),
+                    row: self.rows + r as u64,
+                    label: i64::from(label),
+                    role: self.role.to_string(),
+                    num_classes: self.c,
+                });
+            }
+        }
+        for (r, &i) in index.iter().enumerate() {
+            if let Some(prev) = self.last_index
+                && i <= prev
+            {
+                return Err(CacheError::UnsortedIndex {
+                    file: p.clone(),
+                    row: self.rows + r as u64,
+                    index: i,
+                    previous: prev,
+                });
+            }
+            self.last_index = Some(i);
+        }
+        self.rows += index.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the row count and the sha256 after the last batch.
+    pub(crate) fn finish(&mut self) -> Result<u64> {
+        if let Some(expected) = self.expected_rows
+            && expected != self.rows
+        {
+            let e = CacheError::RowCount {
+                file: self.path.clone(),
+                expected,
+                found: self.rows,
+            };
+            return Err(self.fail(e));
+        }
+        if let Some(h) = self.hash.take() {
+            h.check(&self.expected_sha)?;
+        }
+        Ok(self.rows)
+    }
+}
+
+/// When `hash` says the file differs from the manifest, that is the error to report.
+fn prefer_hash_error(
+    e: CacheError,
+    hash: Option<BackgroundHash>,
+    expected: Option<&str>,
+) -> CacheError {
+    match (hash, expected) {
+        (Some(h), Some(sha)) => match h.check(sha) {
+            Err(mismatch @ CacheError::HashMismatch { .. }) => mismatch,
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+/// Reads a small file (head, stats) whole, checking size, hash, footer and schema.
+/// Returns its batches and footer key/values.
+pub(crate) fn read_small_file(
+    dir: &Path,
+    entry: &FileEntry,
+    expected: &Schema,
+    m: usize,
+    c: usize,
+    verify: bool,
+) -> Result<(Vec<RecordBatch>, BTreeMap<String, String>)> {
+    let path = dir.join(&entry.name);
+    let hash = verify.then(|| BackgroundHash::spawn(&path));
+    let sha = verify.then_some(entry.sha256.as_str());
+    let result = (|| {
+        let opened = schema::open_parquet(&path)?;
+        opened.expect_footer(&path, entry.role, None, m, c)?;
+        opened.expect_schema(&path, expected)?;
+        if opened.num_rows != entry.rows {
+            return Err(CacheError::RowCount {
+                file: path.clone(),
+                expected: entry.rows,
+                found: opened.num_rows,
+            });
+        }
+        let kv = opened.kv.clone();
+        let reader = opened
+            .builder
+            .build()
+            .map_err(|source| CacheError::Corrupt {
+                file: path.clone(),
+                source,
+            })?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|source| CacheError::Arrow {
+                file: path.clone(),
+                source,
+            })?;
+        Ok((batches, kv))
+    })();
+    match result {
+        Ok(r) => {
+            if let (Some(h), Some(sha)) = (hash, sha) {
+                h.check(sha)?;
+            }
+            Ok(r)
+        }
+        Err(e) => Err(prefer_hash_error(e, hash, sha)),
+    }
+}
+
+/// Reads and checks `head.parquet`: C rows, classes `0..C` in order, names as in the
+/// manifest, `weight` m wide, finite values.
+pub(crate) fn read_head(
+    dir: &Path,
+    entry: &FileEntry,
+    manifest: &Manifest,
+    verify: bool,
+) -> Result<Head> {
+    let (m, c) = (manifest.model.feature_dim, manifest.model.num_classes);
+    let path = dir.join(&entry.name);
+    let (batches, _) = read_small_file(dir, entry, &schema::head_schema(m), m, c, verify)?;
+    let mut classes = Vec::with_capacity(c);
+    let mut names = Vec::with_capacity(c);
+    let mut weight = Vec::with_capacity(c * m);
+    let mut bias = Vec::with_capacity(c);
+    for b in &batches {
+        classes.extend_from_slice(schema::u32_values(b, &path, col::CLASS)?);
+        names.extend(
+            schema::str_values(b, &path, col::NAME)?
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string()),
+        );
+        weight.extend_from_slice(schema::vector_values::<Float32Type>(
+            b,
+            &path,
+            col::WEIGHT,
+            m,
+        )?);
+        bias.extend_from_slice(schema::f32_values(b, &path, col::BIAS)?);
+    }
+    if classes.len() != c {
+        return Err(CacheError::DimMismatch {
+            file: path,
+            column: col::CLASS.into(),
+            expected: c,
+            found: classes.len(),
+        });
+    }
+    if classes.iter().enumerate().any(|(i, &k)| k as usize != i) {
+        return Err(CacheError::InvalidInput {
+            context: path.display().to_string(),
+            reason: "column `class` must be 0, 1, ..., C-1 in order".into(),
+        });
+    }
+    if names != manifest.model.class_names {
+        return Err(CacheError::InvalidInput {
+            context: path.display().to_string(),
+            reason: "column `name` differs from the manifest's class_names".into(),
+        });
+    }
+    let head = Head {
+        weight: Array2::from_shape_vec((c, m), weight).expect("checked dims"),
+        bias: Array1::from(bias),
+    };
+    head.validate(&path, m, c)?;
+    Ok(head)
+}
