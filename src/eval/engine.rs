@@ -168,9 +168,8 @@ impl Plan {
         let mut passes: Vec<Pass> = Vec::new();
         let mut sources = Vec::with_capacity(settings.len());
         for (s, &clip) in settings.iter().zip(&clips) {
-            let linear = |head: LinearHead, clip: Option<ClipValue>, score: LogitScore| {
-                (head, clip, score)
-            };
+            let linear =
+                |head: LinearHead, clip: Option<ClipValue>, score: LogitScore| (head, clip, score);
             let dice_head = |p: Sparsity| {
                 let i = dice_ps.iter().position(|&q| q == p).expect("planned above");
                 // p = 0 is the plain head: share the plain pass.
@@ -269,9 +268,12 @@ impl Plan {
                 };
                 logit_scores(features, h, *clip, scores)
             }
-            Pass::Line { clip, masks } => {
-                Ok(vec![scores::line(features, head, *clip, &self.line[*masks])?])
-            }
+            Pass::Line { clip, masks } => Ok(vec![scores::line(
+                features,
+                head,
+                *clip,
+                &self.line[*masks],
+            )?]),
             Pass::Himplos { mask, clip, t } => Ok(vec![scores::himplos(
                 features,
                 head,
@@ -308,7 +310,12 @@ pub fn evaluate(
     let per_setting: Vec<(Scored, Vec<Scored>)> = plan
         .sources
         .iter()
-        .map(|src| (scored(src, 0), (1..sets.len()).map(|s| scored(src, s)).collect()))
+        .map(|src| {
+            (
+                scored(src, 0),
+                (1..sets.len()).map(|s| scored(src, s)).collect(),
+            )
+        })
         .collect();
     settings
         .par_iter()

@@ -5,6 +5,7 @@
 //! Definitions follow `docs/methods.md`. Everything after the cached `f32` features is
 //! computed in `f64`.
 
+pub mod engine;
 pub mod head;
 pub mod masks;
 pub mod metrics;
@@ -12,11 +13,10 @@ pub mod params;
 pub mod percentile;
 pub mod scores;
 pub mod sweep;
-pub mod engine;
 
 pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
-pub use metrics::{Convention, Metrics, id_accuracy, metrics};
+pub use metrics::{Convention, Metrics, id_accuracy, metrics, roc_curve};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 pub use percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
@@ -77,6 +77,14 @@ pub enum EvalError {
         methods: String,
         /// The methods that take it.
         applies_to: String,
+    },
+    /// A percentile of the ID-train activations (for a `pNN` clip) could not be had.
+    #[error("--clip p{q}: cannot get the ID-train activation percentile: {reason}")]
+    TrainPercentile {
+        /// The percentile asked for.
+        q: f64,
+        /// Why not.
+        reason: String,
     },
     /// A class label outside `0..classes`.
     #[error("{what}: label {label} at row {row} is not in 0..{classes}")]

@@ -105,9 +105,18 @@ impl MethodName {
         SweepValues {
             p: p.into_iter().map(checked(Sparsity::new)).collect(),
             clip,
-            temperature: temperature.into_iter().map(checked(Temperature::new)).collect(),
-            p_a: line(90.0).into_iter().map(checked(LinePercentile::activation)).collect(),
-            p_w: line(90.0).into_iter().map(checked(LinePercentile::weight)).collect(),
+            temperature: temperature
+                .into_iter()
+                .map(checked(Temperature::new))
+                .collect(),
+            p_a: line(90.0)
+                .into_iter()
+                .map(checked(LinePercentile::activation))
+                .collect(),
+            p_w: line(90.0)
+                .into_iter()
+                .map(checked(LinePercentile::weight))
+                .collect(),
         }
     }
 }
@@ -501,8 +510,14 @@ mod tests {
     #[test]
     fn unknown_methods_and_bad_values_name_themselves() {
         let e = "odin".parse::<MethodName>().unwrap_err().to_string();
-        assert!(e.contains("unknown method \"odin\"") && e.contains("dice-react"), "{e}");
-        assert_eq!("DICE_REACT".parse::<MethodName>().unwrap(), MethodName::DiceReact);
+        assert!(
+            e.contains("unknown method \"odin\"") && e.contains("dice-react"),
+            "{e}"
+        );
+        assert_eq!(
+            "DICE_REACT".parse::<MethodName>().unwrap(),
+            MethodName::DiceReact
+        );
         let e = SweepValues::parse(Some("50,100"), None, None, None, None).unwrap_err();
         assert_eq!(e.to_string(), "--p 100: sparsity must be in [0, 100)");
         let e = SweepValues::parse(None, Some("-1"), None, None, None).unwrap_err();

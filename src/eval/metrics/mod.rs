@@ -74,6 +74,15 @@ pub fn metrics(id: &[f64], ood: &[f64], convention: Convention) -> Result<Metric
     })
 }
 
+/// The ROC curve of ID (positive) against OOD scores as `(fpr, tpr)` points from
+/// `(0, 0)` to `(1, 1)`, one per distinct score (ties form one step, as sklearn's
+/// `roc_curve` without dropping collinear points).
+pub fn roc_curve(id: &[f64], ood: &[f64]) -> Result<Vec<(f64, f64)>, EvalError> {
+    check_scores("ID scores", id)?;
+    check_scores("OOD scores", ood)?;
+    Ok(sklearn::roc(id, ood))
+}
+
 /// Share of rows whose predicted class equals the label.
 pub fn id_accuracy(predicted: &[usize], labels: &[i64]) -> Result<f64, EvalError> {
     if predicted.len() != labels.len() {

@@ -34,6 +34,18 @@ fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
     points
 }
 
+/// ROC points `(fpr, tpr)` from `(0, 0)` to `(1, 1)`, one per distinct score.
+pub(super) fn roc(id: &[f64], ood: &[f64]) -> Vec<(f64, f64)> {
+    let (n_pos, n_neg) = (id.len() as f64, ood.len() as f64);
+    std::iter::once((0.0, 0.0))
+        .chain(
+            curve(id, ood)
+                .into_iter()
+                .map(|(tp, fp)| (fp as f64 / n_neg, tp as f64 / n_pos)),
+        )
+        .collect()
+}
+
 /// FPR at the recall closest to 95%.
 fn fpr95(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
     let full = points

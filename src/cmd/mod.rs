@@ -1,0 +1,5 @@
+//! Subcommands of the `posthoc` binary.
+
+pub mod cache;
+pub mod eval;
+pub mod plots;
