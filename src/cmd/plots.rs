@@ -62,10 +62,8 @@ pub fn write_all(
         ];
         let fixed_label = posthoc::report::params_label(&fixed);
         let title = format!("{method}: metrics vs {key} {fixed_label}");
-        let stem = dir.join(format!(
-            "sweep-{}",
-            slug(&format!("{method} {key} {fixed_label}"))
-        ));
+        let name = slug(&format!("{method} {key} {fixed_label}"));
+        let stem = dir.join(format!("sweep-{}", name.trim_end_matches('_')));
         plots::sweep_curve(&stem, title.trim(), key, &xs, &series)
             .with_context(|| format!("sweep plot {}", stem.display()))?;
         written += 2;
