@@ -52,6 +52,9 @@ pub enum DecodeError {
     /// "Premature end of JPEG file" for a truncated file, which Pillow also rejects.
     #[error("JPEG: {0}")]
     Jpeg(#[from] turbojpeg::Error),
+    /// The JPEG header is unusable.
+    #[error("JPEG: {0}")]
+    Header(String),
     /// The `png` crate failed.
     #[error("PNG: {0}")]
     Png(#[from] png::DecodingError),
