@@ -190,6 +190,13 @@ impl Loader {
         options: &LoaderOptions,
     ) -> Result<Self, DataError> {
         let selection = options.selection(set.len())?;
+        tracing::debug!(
+            set = %set.location().display(),
+            ?selection,
+            batch_size = options.batch_size,
+            threads = options.threads,
+            "starting image loader"
+        );
         let batch = options.batch_size as u64;
         // Jobs: (index range, where to send the result). The consumer gets the result
         // receivers in order, so batches come out in order whatever thread finishes first.

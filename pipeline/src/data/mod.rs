@@ -9,6 +9,8 @@
 //!
 //! Plain buffers only (no tensor types), so this module does not depend on a backend.
 
+#![warn(missing_docs)]
+
 pub mod decode;
 pub mod error;
 pub mod loader;
@@ -18,7 +20,9 @@ pub mod transform;
 pub use decode::{ImageDecoder, ImageFormat, RgbImage, decode_rgb};
 pub use error::{DataError, DecodeError, ImageError};
 pub use loader::{BadImage, Batch, Loader, LoaderOptions, load_batch};
-pub use sets::{IMG_EXTENSIONS, ImageFolder, ImageSet, Sample, TarShards, has_image_extension};
+pub use sets::{
+    IMG_EXTENSIONS, ImageFolder, ImageSet, ImageSetSpec, Sample, TarShards, has_image_extension,
+};
 pub use transform::{
     Preprocess, center_crop, center_crop_offset, resize_bilinear, resize_shorter_side, resized_size,
 };

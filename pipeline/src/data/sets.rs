@@ -22,6 +22,39 @@ pub fn has_image_extension(name: &str) -> bool {
     IMG_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
 }
 
+/// Where an image set is, as written in a config: `{ folder = "dir" }` or
+/// `{ tar = ["a.tar", "b.tar"] }`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSetSpec {
+    /// A torchvision `ImageFolder` tree ([`ImageFolder`]).
+    Folder(PathBuf),
+    /// Tar shards of `<class>/<file>` members, read in the order given ([`TarShards`]).
+    Tar(Vec<PathBuf>),
+}
+
+impl ImageSetSpec {
+    /// Opens the set, resolving relative paths against `base` (e.g. the repository root).
+    /// `classes` fixes the labels of tar shards (otherwise the sorted union of their class
+    /// folders); a folder set always labels its sorted class folders, as torchvision does.
+    pub fn open(
+        &self,
+        base: &Path,
+        classes: Option<&[String]>,
+    ) -> Result<std::sync::Arc<dyn ImageSet>, DataError> {
+        Ok(match self {
+            ImageSetSpec::Folder(dir) => std::sync::Arc::new(ImageFolder::open(base.join(dir))?),
+            ImageSetSpec::Tar(paths) => {
+                let paths: Vec<PathBuf> = paths.iter().map(|p| base.join(p)).collect();
+                std::sync::Arc::new(match classes {
+                    Some(c) => TarShards::open_with_classes(&paths, c)?,
+                    None => TarShards::open(&paths)?,
+                })
+            }
+        })
+    }
+}
+
 /// One image of a set with its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -369,6 +402,29 @@ impl ImageSet for TarShards {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_spec_reads_the_config_forms() {
+        #[derive(serde::Deserialize)]
+        struct Data {
+            a: ImageSetSpec,
+            b: ImageSetSpec,
+        }
+        // The TOML config's `{ folder = "x/y" }` is this JSON object.
+        let d: Data =
+            serde_json::from_str(r#"{"a": {"folder": "x/y"}, "b": {"tar": ["0.tar", "1.tar"]}}"#)
+                .unwrap();
+        assert_eq!(d.a, ImageSetSpec::Folder("x/y".into()));
+        assert_eq!(d.b, ImageSetSpec::Tar(vec!["0.tar".into(), "1.tar".into()]));
+        let err = ImageSetSpec::Folder("missing".into())
+            .open(Path::new("/nonexistent-base"), None)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("/nonexistent-base/missing"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn extensions_match_torchvision_case_insensitively() {
