@@ -4,7 +4,11 @@
 //!   settings: accurate integer IDCT and fancy (smooth) chroma upsampling, the settings
 //!   Pillow's `JpegDecode` uses. YCbCr and RGB JPEGs are decoded straight to RGB; greyscale
 //!   JPEGs are decoded as grey and the value copied to R, G, B (Pillow's `L -> RGB`).
-//!   CMYK/YCCK JPEGs are rejected as [`ImageError::Unsupported`].
+//!   CMYK/YCCK JPEGs are rejected as [`ImageError::Unsupported`]. As in Pillow, libjpeg
+//!   warnings about corrupt data do not fail the decode (the image is complete and equal to
+//!   Pillow's), but running out of data ("Premature end of JPEG file") does (Pillow: "image
+//!   file is truncated"). A file that is both corrupt and truncated may be judged
+//!   differently from Pillow (libjpeg-turbo 2.1 keeps only the first warning's message).
 //! - PNG goes through the `png` crate: palettes are expanded, low-bit greyscale is scaled
 //!   to 8 bits by bit replication (Pillow's `L;1`/`L;2`/`L;4` unpackers do the same),
 //!   alpha is dropped without compositing (Pillow's `RGBA -> RGB`), grey is copied to
@@ -17,9 +21,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat};
-
 use super::error::{DecodeError, ImageError};
+use super::jpeg::{JpegColorspace, JpegFailure, JpegPixels, TurboJpeg};
 
 /// An 8-bit RGB image, row-major, interleaved (`HWC`): pixel `(y, x)` channel `c` is
 /// `pixels[(y * width + x) * 3 + c]`.
@@ -101,7 +104,7 @@ impl ImageFormat {
 /// without re-initialising libjpeg-turbo. Not shared between threads; make one per thread.
 #[derive(Debug, Default)]
 pub struct ImageDecoder {
-    jpeg: Option<Decompressor>,
+    jpeg: Option<TurboJpeg>,
 }
 
 impl ImageDecoder {
@@ -126,44 +129,38 @@ impl ImageDecoder {
         }
     }
 
-    /// Decodes a JPEG; after any failure the TurboJPEG handle is dropped, because
+    /// Decodes a JPEG. After any failure or warning the TurboJPEG handle is replaced:
     /// libjpeg-turbo 2.1 leaves a handle whose header read failed in a state where the next
-    /// header read "succeeds" with a 0 x 0 size (and a decode of it would overrun the buffer).
+    /// header read "succeeds" with a 0 x 0 size.
     fn decode_jpeg(&mut self, bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
         let result = self.decode_jpeg_with_handle(bytes, path);
-        if result.is_err() {
+        if !matches!(result, Ok((_, None))) {
             self.jpeg = None;
         }
-        result
+        let (image, warning) = result?;
+        if let Some(w) = warning {
+            tracing::debug!(path = %path.display(), warning = %w, "libjpeg warning (decoded as Pillow does)");
+        }
+        Ok(image)
     }
 
     fn decode_jpeg_with_handle(
         &mut self,
         bytes: &[u8],
         path: &Path,
-    ) -> Result<RgbImage, ImageError> {
-        let decode_err = |e: turbojpeg::Error| ImageError::Decode {
+    ) -> Result<(RgbImage, Option<String>), ImageError> {
+        let decode_err = |JpegFailure(message)| ImageError::Decode {
             path: path.to_owned(),
-            source: DecodeError::Jpeg(e),
+            source: DecodeError::Jpeg(message),
         };
-        let decompressor = match &mut self.jpeg {
-            Some(d) => d,
-            slot => slot.insert(Decompressor::new().map_err(decode_err)?),
+        let tj = match &mut self.jpeg {
+            Some(tj) => tj,
+            slot => slot.insert(TurboJpeg::new().map_err(decode_err)?),
         };
-        let header = decompressor.read_header(bytes).map_err(decode_err)?;
-        let (width, height) = (header.width, header.height);
-        if width == 0 || height == 0 {
-            // TurboJPEG reads a width of 0 as "the image's width": never pass it on.
-            return Err(ImageError::Decode {
-                path: path.to_owned(),
-                source: DecodeError::Header(format!(
-                    "JPEG header gives a {width} x {height} image"
-                )),
-            });
-        }
+        let (header, header_warning) = tj.header(bytes).map_err(decode_err)?;
         let format = match header.colorspace {
-            Colorspace::YCbCr | Colorspace::RGB => PixelFormat::RGB,
-            Colorspace::Gray => PixelFormat::GRAY,
+            JpegColorspace::YCbCr | JpegColorspace::Rgb => JpegPixels::Rgb,
+            JpegColorspace::Gray => JpegPixels::Gray,
             other => {
                 return Err(ImageError::Unsupported {
                     path: path.to_owned(),
@@ -173,27 +170,21 @@ impl ImageDecoder {
                 });
             }
         };
-        let channels = format.size();
-        let mut pixels = vec![0u8; width * height * channels];
-        let image = Image {
-            pixels: pixels.as_mut_slice(),
-            width,
-            pitch: width * channels,
-            height,
-            format,
+        let (width, height) = (header.width, header.height);
+        let mut pixels = vec![0u8; width * height * format.channels()];
+        let warning = tj
+            .decompress(bytes, &header, format, &mut pixels)
+            .map_err(decode_err)?;
+        let pixels = match format {
+            JpegPixels::Gray => grey_to_rgb(&pixels),
+            JpegPixels::Rgb => pixels,
         };
-        // Flags 0: accurate integer IDCT, fancy upsampling (libjpeg-turbo's defaults).
-        decompressor.decompress(bytes, image).map_err(decode_err)?;
-        let pixels = if channels == 1 {
-            grey_to_rgb(&pixels)
-        } else {
-            pixels
-        };
-        Ok(RgbImage {
+        let image = RgbImage {
             width,
             height,
             pixels,
-        })
+        };
+        Ok((image, warning.or(header_warning)))
     }
 }
 
@@ -425,6 +416,35 @@ mod tests {
         0xec, 0x6c, 0xfc, 0x3d, 0xa1, 0x4d, 0xab, 0xdf, 0xfc, 0x96, 0xb6, 0x91, 0x19, 0x5f, 0x04,
         0x02, 0xd8, 0xe8, 0xab, 0x92, 0x01, 0x62, 0x70, 0x00, 0xcf, 0x24, 0x81, 0x5f, 0xff, 0xd9,
     ];
+
+    #[test]
+    fn jpeg_corrupt_data_warnings_decode_as_pillow_but_truncation_fails() {
+        let good: &[u8] = &GREY_8X8_JPEG;
+        let mut decoder = ImageDecoder::new();
+        let reference = decoder.decode_rgb(good, Path::new("a.jpg")).unwrap();
+        // Two stray bytes before the first DHT marker: libjpeg warns "Corrupt JPEG data: 2
+        // extraneous bytes before marker 0xc4"; Pillow ignores it and so do we.
+        let dht = good.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
+        let corrupt = [&good[..dht], &[0x12, 0x34], &good[dht..]].concat();
+        assert_eq!(
+            decoder.decode_rgb(&corrupt, Path::new("c.jpg")).unwrap(),
+            reference
+        );
+        // Without the end of the data: "Premature end of JPEG file" (Pillow: truncated).
+        let truncated = &good[..good.len() - 3];
+        let err = decoder
+            .decode_rgb(truncated, Path::new("t.jpg"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Premature end of JPEG file"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("t.jpg"), "{err}");
+        assert_eq!(
+            decoder.decode_rgb(good, Path::new("a.jpg")).unwrap(),
+            reference
+        );
+    }
 
     #[test]
     fn a_failed_jpeg_does_not_break_the_next_one() {

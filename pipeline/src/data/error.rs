@@ -48,13 +48,10 @@ impl ImageError {
 /// The decoder-level cause of an [`ImageError::Decode`].
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// libjpeg-turbo (through TurboJPEG) failed; this includes libjpeg warnings such as
+    /// libjpeg-turbo (through TurboJPEG) failed with this message; this includes
     /// "Premature end of JPEG file" for a truncated file, which Pillow also rejects.
     #[error("JPEG: {0}")]
-    Jpeg(#[from] turbojpeg::Error),
-    /// The JPEG header is unusable.
-    #[error("JPEG: {0}")]
-    Header(String),
+    Jpeg(String),
     /// The `png` crate failed.
     #[error("PNG: {0}")]
     Png(#[from] png::DecodingError),

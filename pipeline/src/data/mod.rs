@@ -13,6 +13,7 @@
 
 pub mod decode;
 pub mod error;
+mod jpeg;
 pub mod loader;
 pub mod sets;
 pub mod transform;
