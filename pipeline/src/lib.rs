@@ -1,1 +1,3 @@
 //! posthoc precompute and fine-tuning.
+
+pub mod data;
