@@ -1,1 +1,7 @@
-//! posthoc precompute and fine-tuning.
+//! posthoc precompute and fine-tuning: DenseNet-BC in burn, PyTorch checkpoints, image sets.
+
+pub mod checkpoint;
+pub mod error;
+pub mod model;
+
+pub use error::{CheckpointError, ModelConfigError, PipelineError, ShapeMismatch};
