@@ -99,11 +99,12 @@ impl StateDictLayout {
 pub struct StateDictDiff {
     /// Keys the model needs that the checkpoint lacks (model order).
     pub missing: Vec<String>,
-    /// Keys of the checkpoint the model has no place for (sorted), ignored keys excluded.
+    /// Keys of the checkpoint the model has no place for (numeric path segments in numeric
+    /// order: `layer.8` before `layer.10`), ignored keys excluded.
     pub unexpected: Vec<String>,
     /// Keys on both sides with different shapes (model order).
     pub shape_mismatches: Vec<ShapeMismatch>,
-    /// Checkpoint keys accepted without use (`*.num_batches_tracked`, sorted).
+    /// Checkpoint keys accepted without use (`*.num_batches_tracked`, same order).
     pub ignored: Vec<String>,
 }
 
@@ -132,8 +133,7 @@ pub fn compare_state_dict(
             Some(_) => {}
         }
     }
-    let needed: std::collections::HashSet<&str> =
-        expected.iter().map(|e| e.key.as_str()).collect();
+    let needed: std::collections::HashSet<&str> = expected.iter().map(|e| e.key.as_str()).collect();
     for key in found.keys() {
         if needed.contains(key.as_str()) {
             continue;
@@ -144,7 +144,31 @@ pub fn compare_state_dict(
             diff.unexpected.push(key.clone());
         }
     }
+    diff.unexpected.sort_by(|a, b| compare_keys(a, b));
+    diff.ignored.sort_by(|a, b| compare_keys(a, b));
     diff
+}
+
+/// Orders state-dict keys segment by segment, numeric segments by value.
+fn compare_keys(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut sa = a.split('.');
+    let mut sb = b.split('.');
+    loop {
+        match (sa.next(), sb.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => x.cmp(y),
+                };
+                if ord.is_ne() {
+                    return ord;
+                }
+            }
+        }
+    }
 }
 
 /// A DenseNet loaded from a checkpoint, with the provenance of the file.
@@ -401,6 +425,13 @@ mod tests {
         assert!(msg.contains("1 unexpected key(s): d.weight"), "{msg}");
         assert!(msg.contains("b.bias (model [3], checkpoint [5])"), "{msg}");
         assert!(msg.contains("x.pth"), "{msg}");
+    }
+
+    #[test]
+    fn keys_order_numeric_segments_by_value() {
+        let mut keys = vec!["b.10.w", "b.8.w", "a.2", "b.8", "b.9.x"];
+        keys.sort_by(|a, b| compare_keys(a, b));
+        assert_eq!(keys, ["a.2", "b.8", "b.8.w", "b.9.x", "b.10.w"]);
     }
 
     #[test]

@@ -64,12 +64,16 @@ impl DenseNetConfig {
         }
         // DenseNet3: n = (depth - 4) / 3, halved (integer) for bottleneck layers.
         let per_layer = if self.bottleneck { 6 } else { 3 };
-        if self.depth < 4 + per_layer || (self.depth - 4) % per_layer != 0 {
+        if self.depth < 4 + per_layer || !(self.depth - 4).is_multiple_of(per_layer) {
             return Err(invalid(
                 "depth",
                 format!(
                     "must be 4 + {per_layer} * n with n >= 1 for {} layers, got {}",
-                    if self.bottleneck { "bottleneck" } else { "basic" },
+                    if self.bottleneck {
+                        "bottleneck"
+                    } else {
+                        "basic"
+                    },
                     self.depth
                 ),
             ));

@@ -112,7 +112,9 @@ impl DenseNet {
 
     /// `relu(bn1(block3(trans2(block2(trans1(block1(conv1(x))))))))`, DenseNet3's `features`.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = self.trans1.forward(self.block1.forward(self.conv1.forward(x)));
+        let out = self
+            .trans1
+            .forward(self.block1.forward(self.conv1.forward(x)));
         let out = self.trans2.forward(self.block2.forward(out));
         relu(self.bn1.forward(self.block3.forward(out)))
     }
