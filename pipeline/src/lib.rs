@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod extractor;
 pub mod model;
 
 pub use error::{CheckpointError, ModelConfigError, PipelineError, ShapeMismatch};

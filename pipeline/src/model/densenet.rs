@@ -127,6 +127,22 @@ impl DenseNet {
         (features, logits)
     }
 
+    /// The linear head in PyTorch layout: weight `[C, m]` (row-major) and bias `[C]`.
+    pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
+        let w = tensor_values(self.fc.weight.val());
+        let (m, classes) = (self.feature_dim(), self.num_classes());
+        let weight = (0..classes)
+            .flat_map(|c| (0..m).map(move |i| (c, i)))
+            .map(|(c, i)| w[i * classes + c])
+            .collect();
+        let bias = self
+            .fc
+            .bias
+            .as_ref()
+            .map_or_else(|| vec![0.0; classes], |b| tensor_values(b.val()));
+        (weight, bias)
+    }
+
     /// Logits of `h`: `h W^T + b`.
     pub fn head(&self, features: Tensor<2>) -> Tensor<2> {
         self.fc.forward(features)
@@ -162,4 +178,12 @@ impl DenseNet {
 pub fn global_average_pool(x: Tensor<4>) -> Tensor<2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// The values of a float tensor as f32, row-major (read back from its device).
+pub fn tensor_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converted to f32 reads back as f32")
 }
