@@ -1,0 +1,460 @@
+//! Loading the papers' PyTorch DenseNet checkpoints (`torch.save` files) into [`DenseNet`].
+//!
+//! The state dict is read with burn's PyTorch reader (`burn-store`). Before any tensor is
+//! applied, every key and shape of the file is checked against the state dict the model
+//! needs ([`densenet_state_dict_layout`], PyTorch naming), so a wrong checkpoint fails with
+//! the missing keys, the unexpected keys and the mismatched shapes named.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::store::{ModuleSnapshot, ModuleStore, PytorchStore};
+use burn::tensor::Device;
+use sha2::{Digest, Sha256};
+
+use crate::error::{CheckpointError, PipelineError, ShapeMismatch};
+use crate::model::{DenseNet, DenseNetConfig, DenseNetPlan};
+
+/// The entry of a training checkpoint dict that holds the state dict (DICE:
+/// `torch.save({'epoch': ..., 'state_dict': model.state_dict(), ...})`).
+pub const STATE_DICT_KEY: &str = "state_dict";
+
+/// BatchNorm's step counter, written by PyTorch >= 0.4 and unused in eval mode; such keys
+/// are accepted and ignored.
+pub const IGNORED_KEY_SUFFIX: &str = ".num_batches_tracked";
+
+/// One tensor of a state dict: its key (PyTorch naming) and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDictEntry {
+    /// Key, e.g. `block1.layer.0.bn1.running_mean`.
+    pub key: String,
+    /// Shape, e.g. `[24]`.
+    pub shape: Vec<usize>,
+}
+
+/// The state dict of DICE's `DenseNet3` for `plan`, in PyTorch's registration order,
+/// without the optional `num_batches_tracked` counters.
+///
+/// Convolution weights are `[out, in, kh, kw]`, `fc.weight` is `[C, m]`, BatchNorm has
+/// `weight`, `bias`, `running_mean`, `running_var` of shape `[channels]`.
+pub fn densenet_state_dict_layout(plan: &DenseNetPlan) -> Vec<StateDictEntry> {
+    let mut sd = StateDictLayout(Vec::new());
+    let growth = plan.config.growth_rate;
+    sd.push("conv1.weight".into(), &[plan.stem_channels, 3, 3, 3]);
+    for b in 0..3 {
+        let block = plan.blocks[b];
+        for i in 0..plan.layers_per_block {
+            let prefix = format!("block{}.layer.{i}", b + 1);
+            let c = plan.layer_in_channels(block.in_channels, i);
+            sd.batch_norm(&format!("{prefix}.bn1"), c);
+            if plan.config.bottleneck {
+                let inter = plan.bottleneck_channels();
+                sd.push(format!("{prefix}.conv1.weight"), &[inter, c, 1, 1]);
+                sd.batch_norm(&format!("{prefix}.bn2"), inter);
+                sd.push(format!("{prefix}.conv2.weight"), &[growth, inter, 3, 3]);
+            } else {
+                sd.push(format!("{prefix}.conv1.weight"), &[growth, c, 3, 3]);
+            }
+        }
+        if b < 2 {
+            let t = plan.transitions[b];
+            let prefix = format!("trans{}", b + 1);
+            sd.batch_norm(&format!("{prefix}.bn1"), t.in_channels);
+            sd.push(
+                format!("{prefix}.conv1.weight"),
+                &[t.out_channels, t.in_channels, 1, 1],
+            );
+        }
+    }
+    sd.batch_norm("bn1", plan.feature_dim);
+    let classes = plan.config.num_classes;
+    sd.push("fc.weight".into(), &[classes, plan.feature_dim]);
+    sd.push("fc.bias".into(), &[classes]);
+    sd.0
+}
+
+/// Builder of a state-dict layout.
+struct StateDictLayout(Vec<StateDictEntry>);
+
+impl StateDictLayout {
+    fn push(&mut self, key: String, shape: &[usize]) {
+        self.0.push(StateDictEntry {
+            key,
+            shape: shape.to_vec(),
+        });
+    }
+
+    /// The four tensors of a `BatchNorm2d` over `channels` channels.
+    fn batch_norm(&mut self, prefix: &str, channels: usize) {
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            self.push(format!("{prefix}.{p}"), &[channels]);
+        }
+    }
+}
+
+/// How a checkpoint's state dict differs from the one a model needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateDictDiff {
+    /// Keys the model needs that the checkpoint lacks (model order).
+    pub missing: Vec<String>,
+    /// Keys of the checkpoint the model has no place for (numeric path segments in numeric
+    /// order: `layer.8` before `layer.10`), ignored keys excluded.
+    pub unexpected: Vec<String>,
+    /// Keys on both sides with different shapes (model order).
+    pub shape_mismatches: Vec<ShapeMismatch>,
+    /// Checkpoint keys accepted without use (`*.num_batches_tracked`, same order).
+    pub ignored: Vec<String>,
+}
+
+impl StateDictDiff {
+    /// Whether every needed key is present with its shape and nothing unknown is left.
+    pub fn is_match(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
+    }
+}
+
+/// Compares the `expected` state dict with the keys and shapes `found` in a checkpoint.
+/// Keys ending in [`IGNORED_KEY_SUFFIX`] that the model does not need are ignored.
+pub fn compare_state_dict(
+    expected: &[StateDictEntry],
+    found: &BTreeMap<String, Vec<usize>>,
+) -> StateDictDiff {
+    let mut diff = StateDictDiff::default();
+    for entry in expected {
+        match found.get(&entry.key) {
+            None => diff.missing.push(entry.key.clone()),
+            Some(shape) if *shape != entry.shape => diff.shape_mismatches.push(ShapeMismatch {
+                key: entry.key.clone(),
+                expected: entry.shape.clone(),
+                found: shape.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    let needed: std::collections::HashSet<&str> = expected.iter().map(|e| e.key.as_str()).collect();
+    for key in found.keys() {
+        if needed.contains(key.as_str()) {
+            continue;
+        }
+        if key.ends_with(IGNORED_KEY_SUFFIX) {
+            diff.ignored.push(key.clone());
+        } else {
+            diff.unexpected.push(key.clone());
+        }
+    }
+    diff.unexpected.sort_by(|a, b| compare_keys(a, b));
+    diff.ignored.sort_by(|a, b| compare_keys(a, b));
+    diff
+}
+
+/// Orders state-dict keys segment by segment, numeric segments by value.
+fn compare_keys(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut sa = a.split('.');
+    let mut sb = b.split('.');
+    loop {
+        match (sa.next(), sb.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => x.cmp(y),
+                };
+                if ord.is_ne() {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+/// A DenseNet loaded from a checkpoint, with the provenance of the file.
+#[derive(Debug)]
+pub struct LoadedDenseNet {
+    /// The network with the checkpoint's weights and running statistics.
+    pub model: DenseNet,
+    /// The checked configuration.
+    pub plan: DenseNetPlan,
+    /// Provenance of the checkpoint file.
+    pub info: CheckpointInfo,
+}
+
+/// Where a model's weights came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The checkpoint file as given.
+    pub path: PathBuf,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Number of tensors loaded into the model.
+    pub tensors_loaded: usize,
+    /// Keys present in the file and deliberately not used (`num_batches_tracked`).
+    pub ignored_keys: Vec<String>,
+}
+
+/// Lower-case hex sha256 of a file and its size in bytes.
+pub fn file_sha256(path: &Path) -> Result<(String, u64), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// Loads the DICE DenseNet checkpoint at `path` (a `torch.save` dict whose
+/// [`STATE_DICT_KEY`] entry is the state dict) into a network for `config` on `device`.
+pub fn load_densenet(
+    config: &DenseNetConfig,
+    path: &Path,
+    device: &Device,
+) -> Result<LoadedDenseNet, PipelineError> {
+    load_densenet_with_key(config, path, Some(STATE_DICT_KEY), device)
+}
+
+/// Like [`load_densenet`]; `state_dict_key` names the entry of the saved dict holding the
+/// state dict, `None` when the file is the state dict itself.
+pub fn load_densenet_with_key(
+    config: &DenseNetConfig,
+    path: &Path,
+    state_dict_key: Option<&str>,
+    device: &Device,
+) -> Result<LoadedDenseNet, PipelineError> {
+    let plan = config.plan()?;
+    let (sha256, bytes) = file_sha256(path)?;
+    let parse = |message: String| CheckpointError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+
+    let mut store = PytorchStore::from_file(path).allow_partial(false);
+    if let Some(key) = state_dict_key {
+        store = store.with_top_level_key(key);
+    }
+    let found: BTreeMap<String, Vec<usize>> = store
+        .get_all_tensors()
+        .map_err(|e| parse(e.to_string()))?
+        .iter()
+        .map(|(key, t)| (key.clone(), t.shape.to_vec()))
+        .collect();
+
+    let expected = densenet_state_dict_layout(&plan);
+    let diff = compare_state_dict(&expected, &found);
+    if !diff.is_match() {
+        return Err(CheckpointError::StateDictMismatch {
+            path: path.to_path_buf(),
+            model: describe_model(&plan),
+            missing: diff.missing,
+            unexpected: diff.unexpected,
+            shape_mismatches: diff.shape_mismatches,
+        }
+        .into());
+    }
+
+    let apply_error = |message: String| CheckpointError::Apply {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut model = DenseNet::from_plan(&plan, device);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| apply_error(e.to_string()))?;
+    // The key check above makes these failures unreachable unless burn-store's naming of the
+    // module differs from the PyTorch layout; report them rather than run a half-loaded net.
+    let unexpected_unused: Vec<&String> = result
+        .unused
+        .iter()
+        .filter(|k| !k.ends_with(IGNORED_KEY_SUFFIX))
+        .collect();
+    if !result.errors.is_empty()
+        || !result.missing.is_empty()
+        || !unexpected_unused.is_empty()
+        || result.applied.len() != expected.len()
+    {
+        return Err(apply_error(format!(
+            "applied {} of {} tensors; missing {:?}; unused {:?}; errors: {}",
+            result.applied.len(),
+            expected.len(),
+            result.missing.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            unexpected_unused,
+            result
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .into());
+    }
+
+    Ok(LoadedDenseNet {
+        model,
+        plan,
+        info: CheckpointInfo {
+            path: path.to_path_buf(),
+            sha256,
+            bytes,
+            tensors_loaded: result.applied.len(),
+            ignored_keys: diff.ignored,
+        },
+    })
+}
+
+/// `DenseNet-BC-100 (growth 12, reduction 0.5, 10 classes)` and the like.
+fn describe_model(plan: &DenseNetPlan) -> String {
+    let c = &plan.config;
+    format!(
+        "DenseNet{}-{} (growth {}, reduction {}, {} classes)",
+        if c.bottleneck { "-BC" } else { "" },
+        c.depth,
+        c.growth_rate,
+        c.reduction,
+        c.num_classes
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::store::BurnToPyTorchAdapter;
+
+    fn entries(list: &[(&str, &[usize])]) -> Vec<StateDictEntry> {
+        list.iter()
+            .map(|(k, s)| StateDictEntry {
+                key: k.to_string(),
+                shape: s.to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layout_of_densenet_bc_100_has_the_checkpoints_tensors_but_counters() {
+        let plan = DenseNetConfig::densenet_bc_100(10).plan().unwrap();
+        let layout = densenet_state_dict_layout(&plan);
+        // 596 tensors in the file, 99 of them BatchNorm counters.
+        assert_eq!(layout.len(), 596 - 99);
+        assert_eq!(layout[0].key, "conv1.weight");
+        assert_eq!(layout.last().unwrap().key, "fc.bias");
+        let fc = layout.iter().find(|e| e.key == "fc.weight").unwrap();
+        assert_eq!(fc.shape, vec![10, 342]);
+    }
+
+    /// The explicit layout is exactly what burn-store sees in the module once its names
+    /// are mapped to PyTorch's (gamma -> weight, Linear weight transposed).
+    #[test]
+    fn layout_matches_the_burn_module_in_pytorch_naming() {
+        for config in [
+            DenseNetConfig::densenet_bc_100(10),
+            DenseNetConfig {
+                depth: 22,
+                growth_rate: 4,
+                reduction: 0.5,
+                bottleneck: false,
+                num_classes: 3,
+                dropout: 0.2,
+            },
+        ] {
+            let plan = config.plan().unwrap();
+            let model = DenseNet::from_plan(&plan, &Device::flex());
+            let mut from_module: Vec<(String, Vec<usize>)> = model
+                .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+                .into_iter()
+                .map(|t| (t.name.clone(), t.shape.to_vec()))
+                .collect();
+            let mut explicit: Vec<(String, Vec<usize>)> = densenet_state_dict_layout(&plan)
+                .into_iter()
+                .map(|e| (e.key, e.shape))
+                .collect();
+            from_module.sort();
+            explicit.sort();
+            assert_eq!(from_module, explicit);
+        }
+    }
+
+    #[test]
+    fn compare_names_missing_unexpected_and_shapes() {
+        let expected = entries(&[("a.weight", &[2, 3]), ("b.bias", &[3]), ("c.bias", &[4])]);
+        let found: BTreeMap<String, Vec<usize>> = [
+            ("a.weight", vec![2, 3]),
+            ("b.bias", vec![5]),
+            ("d.weight", vec![1]),
+            ("bn.num_batches_tracked", vec![]),
+        ]
+        .into_iter()
+        .map(|(k, s)| (k.to_string(), s))
+        .collect();
+        let diff = compare_state_dict(&expected, &found);
+        assert!(!diff.is_match());
+        assert_eq!(diff.missing, vec!["c.bias"]);
+        assert_eq!(diff.unexpected, vec!["d.weight"]);
+        assert_eq!(
+            diff.shape_mismatches,
+            vec![ShapeMismatch {
+                key: "b.bias".into(),
+                expected: vec![3],
+                found: vec![5]
+            }]
+        );
+        assert_eq!(diff.ignored, vec!["bn.num_batches_tracked"]);
+
+        let err = CheckpointError::StateDictMismatch {
+            path: "x.pth".into(),
+            model: "m".into(),
+            missing: diff.missing,
+            unexpected: diff.unexpected,
+            shape_mismatches: diff.shape_mismatches,
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("1 missing key(s): c.bias"), "{msg}");
+        assert!(msg.contains("1 unexpected key(s): d.weight"), "{msg}");
+        assert!(msg.contains("b.bias (model [3], checkpoint [5])"), "{msg}");
+        assert!(msg.contains("x.pth"), "{msg}");
+    }
+
+    #[test]
+    fn keys_order_numeric_segments_by_value() {
+        let mut keys = vec!["b.10.w", "b.8.w", "a.2", "b.8", "b.9.x"];
+        keys.sort_by(|a, b| compare_keys(a, b));
+        assert_eq!(keys, ["a.2", "b.8", "b.8.w", "b.9.x", "b.10.w"]);
+    }
+
+    #[test]
+    fn an_exact_match_is_a_match() {
+        let expected = entries(&[("a", &[1])]);
+        let found = [("a".to_string(), vec![1])].into_iter().collect();
+        let diff = compare_state_dict(&expected, &found);
+        assert!(diff.is_match());
+        assert_eq!(diff, StateDictDiff::default());
+    }
+
+    #[test]
+    fn sha256_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        let (hash, bytes) = file_sha256(&p).unwrap();
+        assert_eq!(
+            hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(bytes, 3);
+        let missing = file_sha256(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.to_string().contains("nope"));
+    }
+}

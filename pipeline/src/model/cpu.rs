@@ -1,0 +1,390 @@
+//! A CPU inference engine for an eval-mode [`DenseNet`]: the same network, computed with
+//! fused kernels instead of burn tensor operations.
+//!
+//! What it does differently from [`DenseNet::forward`] (all exact rewrites of the eval-mode
+//! network; only float summation order changes):
+//! - BatchNorm (running statistics) and ReLU are folded into one per-channel affine map
+//!   applied in a single pass ([`AffineRelu`]);
+//! - each dense block writes into one buffer holding the block's output channels, layer
+//!   `i` appending its `growth_rate` channels in place (no concatenation copies);
+//! - transition layers average-pool before their 1x1 convolution (both are linear, so
+//!   `pool(conv(t)) = conv(pool(t))`), a quarter of the multiply-adds;
+//! - convolutions are single matrix products on a channel-major (CNHW) layout;
+//! - a batch is split across threads, each with its own scratch memory.
+//!
+//! Dropout does not exist here: the engine is inference only.
+
+use std::sync::Mutex;
+
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+
+use super::config::DenseNetPlan;
+use super::densenet::{DenseNet, tensor_values as values};
+use super::kernels::{AffineRelu, avg_pool_2x2, im2col_3x3, matmul};
+
+/// One dense layer with BatchNorms folded.
+#[derive(Debug, Clone)]
+enum Layer {
+    /// `conv2(relu(bn2(conv1(relu(bn1(x))))))`: `w1` is `[inter][c]`, `w2` `[k][inter * 9]`.
+    Bottleneck {
+        bn1: AffineRelu,
+        w1: Vec<f32>,
+        bn2: AffineRelu,
+        w2: Vec<f32>,
+    },
+    /// `conv1(relu(bn1(x)))`: `w` is `[k][c * 9]`.
+    Basic { bn1: AffineRelu, w: Vec<f32> },
+}
+
+/// A transition: `relu(bn(x))`, 2x2 average pool, 1x1 convolution `w` (`[out][in]`).
+#[derive(Debug, Clone)]
+struct Transition {
+    bn: AffineRelu,
+    w: Vec<f32>,
+    out_channels: usize,
+}
+
+/// Scratch memory of one thread for groups of up to `g` images of `h x w`.
+#[derive(Debug, Default)]
+struct Workspace {
+    g: usize,
+    h: usize,
+    w: usize,
+    input: Vec<f32>,
+    blocks: [Vec<f32>; 3],
+    normed: Vec<f32>,
+    bottleneck: Vec<f32>,
+    bottleneck_normed: Vec<f32>,
+    columns: Vec<f32>,
+    pooled: Vec<f32>,
+}
+
+/// DenseNet-BC inference on the CPU from the weights of a [`DenseNet`] (see the module
+/// documentation for the rewrites it applies).
+#[derive(Debug)]
+pub struct CpuDenseNet {
+    plan: DenseNetPlan,
+    /// `[stem][3 * 9]`.
+    stem: Vec<f32>,
+    blocks: [Vec<Layer>; 3],
+    transitions: [Transition; 2],
+    final_bn: AffineRelu,
+    /// `[C][m]` (PyTorch layout).
+    fc_weight: Vec<f32>,
+    fc_bias: Vec<f32>,
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+fn fold(bn: &BatchNorm) -> AffineRelu {
+    AffineRelu::from_batch_norm(
+        &values(bn.gamma.val()),
+        &values(bn.beta.val()),
+        &values(bn.running_mean.value()),
+        &values(bn.running_var.value()),
+        bn.epsilon,
+    )
+}
+
+fn conv_weight(conv: &Conv2d) -> Vec<f32> {
+    values(conv.weight.val())
+}
+
+impl CpuDenseNet {
+    /// Copies the weights of `model` (built for `plan`) and folds its BatchNorms.
+    pub fn from_model(model: &DenseNet, plan: &DenseNetPlan) -> Self {
+        let block_layers = |block: &super::DenseBlock| -> Vec<Layer> {
+            block
+                .layer
+                .iter()
+                .map(|l| match (&l.bn2, &l.conv2) {
+                    (Some(bn2), Some(conv2)) => Layer::Bottleneck {
+                        bn1: fold(&l.bn1),
+                        w1: conv_weight(&l.conv1),
+                        bn2: fold(bn2),
+                        w2: conv_weight(conv2),
+                    },
+                    _ => Layer::Basic {
+                        bn1: fold(&l.bn1),
+                        w: conv_weight(&l.conv1),
+                    },
+                })
+                .collect()
+        };
+        let transition = |t: &super::TransitionBlock, out_channels: usize| Transition {
+            bn: fold(&t.bn1),
+            w: conv_weight(&t.conv1),
+            out_channels,
+        };
+        let (fc_weight, fc_bias) = model.head_weights();
+        Self {
+            plan: plan.clone(),
+            stem: conv_weight(&model.conv1),
+            blocks: [
+                block_layers(&model.block1),
+                block_layers(&model.block2),
+                block_layers(&model.block3),
+            ],
+            transitions: [
+                transition(&model.trans1, plan.transitions[0].out_channels),
+                transition(&model.trans2, plan.transitions[1].out_channels),
+            ],
+            final_bn: fold(&model.bn1),
+            fc_weight,
+            fc_bias,
+            workspaces: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The plan the engine was built for.
+    pub fn plan(&self) -> &DenseNetPlan {
+        &self.plan
+    }
+
+    /// Features `[n, m]` and logits `[n, C]` (row-major) of `n` normalised NCHW images of
+    /// `3 x h x w` (`h`, `w` multiples of 4), computed on `threads` threads in groups of up to
+    /// `group` images per thread step.
+    ///
+    /// # Panics
+    /// If `input.len() != n * 3 * h * w`, or `h` / `w` is not a positive multiple of 4.
+    pub fn forward(
+        &self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        threads: usize,
+        group: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        assert_eq!(input.len(), n * 3 * h * w, "input must be n x 3 x h x w");
+        assert!(
+            h > 0 && w > 0 && h.is_multiple_of(4) && w.is_multiple_of(4),
+            "h, w: multiples of 4"
+        );
+        let (m, classes) = (self.plan.feature_dim, self.plan.config.num_classes);
+        let mut features = vec![0.0f32; n * m];
+        let mut logits = vec![0.0f32; n * classes];
+        if n == 0 {
+            return (features, logits);
+        }
+        let threads = threads.clamp(1, n);
+        let group = group.max(1);
+        let per_thread = n.div_ceil(threads);
+        let image = 3 * h * w;
+
+        let run = |input: &[f32], features: &mut [f32], logits: &mut [f32]| {
+            let count = features.len() / m;
+            let mut ws = self.take_workspace(group.min(count), h, w);
+            let mut start = 0;
+            while start < count {
+                let g = group.min(count - start);
+                self.forward_group(
+                    &input[start * image..(start + g) * image],
+                    g,
+                    &mut ws,
+                    &mut features[start * m..(start + g) * m],
+                    &mut logits[start * classes..(start + g) * classes],
+                );
+                start += g;
+            }
+            self.workspaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ws);
+        };
+
+        if threads == 1 {
+            run(input, &mut features, &mut logits);
+        } else {
+            std::thread::scope(|scope| {
+                for ((x, f), l) in input
+                    .chunks(per_thread * image)
+                    .zip(features.chunks_mut(per_thread * m))
+                    .zip(logits.chunks_mut(per_thread * classes))
+                {
+                    scope.spawn(|| run(x, f, l));
+                }
+            });
+        }
+        (features, logits)
+    }
+
+    /// A workspace for groups of `g` images of `h x w`, reused when one fits.
+    fn take_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+        let mut pool = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = pool
+            .iter()
+            .position(|ws| ws.g >= g && ws.h == h && ws.w == w)
+        {
+            return pool.swap_remove(i);
+        }
+        drop(pool);
+        self.new_workspace(g, h, w)
+    }
+
+    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+        let p = &self.plan;
+        let hw = [h * w, h * w / 4, h * w / 16];
+        let inter = p.bottleneck_channels();
+        let mut normed = 0;
+        let mut columns = 3 * 9 * g * hw[0];
+        let mut pooled = 0;
+        for (b, (block, spatial)) in p.blocks.iter().zip(hw).enumerate() {
+            let n = g * spatial;
+            normed = normed.max(block.out_channels * n);
+            let widest_3x3 = if p.config.bottleneck {
+                inter
+            } else {
+                block.out_channels - p.config.growth_rate
+            };
+            columns = columns.max(widest_3x3 * 9 * n);
+            if let Some(t) = p.transitions.get(b) {
+                pooled = pooled.max(t.in_channels * n / 4);
+            }
+        }
+        let (bottleneck, bottleneck_normed) = if p.config.bottleneck {
+            (inter * g * hw[0], inter * g * hw[0])
+        } else {
+            (0, 0)
+        };
+        Workspace {
+            g,
+            h,
+            w,
+            input: vec![0.0; 3 * g * hw[0]],
+            blocks: std::array::from_fn(|b| vec![0.0; p.blocks[b].out_channels * g * hw[b]]),
+            normed: vec![0.0; normed],
+            bottleneck: vec![0.0; bottleneck],
+            bottleneck_normed: vec![0.0; bottleneck_normed],
+            columns: vec![0.0; columns],
+            pooled: vec![0.0; pooled],
+        }
+    }
+
+    /// The network on `g` images (NCHW `input`), writing `features` (`[g][m]`) and `logits`.
+    fn forward_group(
+        &self,
+        input: &[f32],
+        g: usize,
+        ws: &mut Workspace,
+        features: &mut [f32],
+        logits: &mut [f32],
+    ) {
+        let p = &self.plan;
+        let (h, w) = (ws.h, ws.w);
+        let hw = h * w;
+        let n0 = g * hw;
+
+        // NCHW -> CNHW.
+        for img in 0..g {
+            for c in 0..3 {
+                ws.input[c * n0 + img * hw..][..hw]
+                    .copy_from_slice(&input[(img * 3 + c) * hw..][..hw]);
+            }
+        }
+        // Stem: 3x3 conv 3 -> 2k channels, written into block 1's buffer.
+        im2col_3x3(&ws.input, 3, g, h, w, &mut ws.columns);
+        matmul(
+            p.stem_channels,
+            n0,
+            27,
+            &self.stem,
+            &ws.columns,
+            n0,
+            &mut ws.blocks[0],
+            n0,
+            false,
+        );
+
+        let (mut bh, mut bw) = (h, w);
+        for b in 0..3 {
+            let n = g * bh * bw;
+            let c_in = p.blocks[b].in_channels;
+            for (i, layer) in self.blocks[b].iter().enumerate() {
+                let c = c_in + i * p.config.growth_rate;
+                self.dense_layer(layer, b, c, g, bh, bw, ws);
+            }
+            if b < 2 {
+                let t = &self.transitions[b];
+                let c = p.blocks[b].out_channels;
+                let Workspace {
+                    blocks,
+                    normed,
+                    pooled,
+                    ..
+                } = ws;
+                t.bn.apply(&blocks[b], n, n, normed);
+                avg_pool_2x2(normed, n, c, g, bh, bw, pooled);
+                let n_next = n / 4;
+                matmul(
+                    t.out_channels,
+                    n_next,
+                    c,
+                    &t.w,
+                    pooled,
+                    n_next,
+                    &mut blocks[b + 1],
+                    n_next,
+                    false,
+                );
+                bh /= 2;
+                bw /= 2;
+            }
+        }
+
+        // relu(bn1(.)), global average pool, linear head.
+        let n3 = g * bh * bw;
+        self.final_bn
+            .mean_pool(&ws.blocks[2], n3, g, bh * bw, features);
+        let (m, classes) = (p.feature_dim, p.config.num_classes);
+        for img in 0..g {
+            let f = &features[img * m..(img + 1) * m];
+            for c in 0..classes {
+                let wrow = &self.fc_weight[c * m..(c + 1) * m];
+                let dot: f32 = f.iter().zip(wrow).map(|(a, b)| a * b).sum();
+                logits[img * classes + c] = dot + self.fc_bias[c];
+            }
+        }
+    }
+
+    /// Layer of block `b` reading the first `c` channels of the block buffer and writing its
+    /// `growth_rate` channels after them.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_layer(
+        &self,
+        layer: &Layer,
+        b: usize,
+        c: usize,
+        g: usize,
+        h: usize,
+        w: usize,
+        ws: &mut Workspace,
+    ) {
+        let k = self.plan.config.growth_rate;
+        let n = g * h * w;
+        let Workspace {
+            blocks,
+            normed,
+            bottleneck,
+            bottleneck_normed,
+            columns,
+            ..
+        } = ws;
+        let buf = &mut blocks[b];
+        match layer {
+            Layer::Bottleneck { bn1, w1, bn2, w2 } => {
+                let inter = bn2.channels();
+                bn1.apply(buf, n, n, normed);
+                matmul(inter, n, c, w1, normed, n, bottleneck, n, false);
+                bn2.apply(bottleneck, n, n, bottleneck_normed);
+                im2col_3x3(bottleneck_normed, inter, g, h, w, columns);
+                matmul(k, n, inter * 9, w2, columns, n, &mut buf[c * n..], n, false);
+            }
+            Layer::Basic { bn1, w: wt } => {
+                bn1.apply(buf, n, n, normed);
+                im2col_3x3(normed, c, g, h, w, columns);
+                matmul(k, n, c * 9, wt, columns, n, &mut buf[c * n..], n, false);
+            }
+        }
+    }
+}
