@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Score a cache with one or more methods and print FPR95 / AUROC / AUPR tables.
     Eval(cmd::eval::EvalArgs),
+    /// Run the config's backbone over its image sets and write the feature cache.
+    Precompute(cmd::precompute::PrecomputeArgs),
     /// Inspect, verify, import or merge feature caches.
     #[command(subcommand)]
     Cache(cmd::cache::CacheCommand),
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Cache(c) => cmd::cache::run(c),
+        Command::Precompute(args) => cmd::precompute::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -326,6 +326,11 @@ impl CacheWriter {
         })
     }
 
+    /// What the producer stated when the cache was created (model, preprocessing, ...).
+    pub fn init(&self) -> &ManifestInit {
+        &self.state.init
+    }
+
     /// Whether the cache is already finished.
     pub fn is_finished(&self) -> bool {
         self.finished.is_some()
@@ -943,6 +948,11 @@ impl SplitWriter {
             "committed part"
         );
         Ok(())
+    }
+
+    /// Whether the set was closed by an earlier run (it is complete: skip it).
+    pub fn is_closed(&self) -> bool {
+        self.set_dir.join(CLOSED_FILE).exists()
     }
 
     /// Commits what is pending and marks the set complete. Returns the set's row count.

@@ -11,6 +11,18 @@ pub enum PipelineError {
     /// A checkpoint could not be read or does not fit the model.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An image set could not be opened or read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The feature cache could not be written.
+    #[error(transparent)]
+    Cache(#[from] posthoc_cache::CacheError),
+    /// The precompute run cannot go on as configured.
+    #[error("precompute: {reason}")]
+    Precompute {
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// An input batch does not have the shape the network expects.
     #[error("input batch holds {found} values, expected {expected} ({n} x {shape:?})")]
     InputShape {

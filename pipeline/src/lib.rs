@@ -6,5 +6,6 @@ pub mod data;
 pub mod error;
 pub mod extractor;
 pub mod model;
+pub mod precompute;
 
 pub use error::{CheckpointError, ModelConfigError, PipelineError, ShapeMismatch};
