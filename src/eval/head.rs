@@ -78,6 +78,24 @@ impl Head64 {
         }
     }
 
+    /// Checks that a mask (or other `C x m` array) named `what` matches this head.
+    pub(crate) fn check_shape(
+        &self,
+        what: &'static str,
+        dim: (usize, usize),
+    ) -> Result<(), EvalError> {
+        for (expected, found) in [(self.classes(), dim.0), (self.width(), dim.1)] {
+            if expected != found {
+                return Err(EvalError::Shape {
+                    what,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that `features` are `N x m` for this head.
     pub fn check_features(&self, features: ArrayView2<f32>) -> Result<(), EvalError> {
         if features.ncols() == self.width() {
