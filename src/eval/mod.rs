@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod params;
 pub mod percentile;
 pub mod scores;
+pub mod sweep;
 
 pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
@@ -18,6 +19,7 @@ pub use metrics::{Convention, Metrics, id_accuracy, metrics};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 pub use percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
+pub use sweep::dice_sweep;
 
 /// Errors of the evaluate stage.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +60,15 @@ pub enum EvalError {
         /// The value.
         value: f64,
     },
-    /// A class label outside `0..classes`.
-    #[error("{what}: label {label} at row {row} is not in 0..{classes}")]
-    Label {
-        /// Which label array.
-        what: &'static str,
-        /// The row holding it.
-        row: usize,
-        /// The offending label.
-        label: i64,
-        /// The number of classes.
-        classes: usize,
+    /// DICE masks of a sweep that are not nested (the one with fewer kept weights keeps
+    /// one the other drops).
+    #[error(
+        "DICE masks p = {outer} and p = {inner} are not nested (built from different statistics?)"
+    )]
+    NotNested {
+        /// Sparsity of the mask with more kept weights.
+        outer: f64,
+        /// Sparsity of the mask with fewer kept weights.
+        inner: f64,
     },
 }
