@@ -15,11 +15,17 @@ use super::masks::DiceMask;
 use super::params::ClipValue;
 use super::scores::Scored;
 
-/// Samples per kernel tile: the accumulators of one class row of a band.
-const LANES: usize = 32;
+/// Samples per kernel tile: the accumulators of one class row of a band (8 AVX-512
+/// registers).
+const LANES: usize = 64;
 
-/// One band `W * D` in compressed rows: class `c` has the weights
-/// `val[ptr[c]..ptr[c + 1]]` at feature indices `idx[ptr[c]..ptr[c + 1]]`.
+/// Features per chunk: a chunk of the transposed tile (`CHUNK x LANES` values, 32 KiB)
+/// stays in L1 while every class row of a band passes over it.
+const CHUNK: usize = 64;
+
+/// One band `W * D` in compressed rows, split by feature chunk: segment
+/// `s = chunk * C + c` holds the weights `val[ptr[s]..ptr[s + 1]]` of class `c` at the
+/// feature indices `idx[ptr[s]..ptr[s + 1]]` (all in that chunk).
 struct Band {
     ptr: Vec<usize>,
     idx: Vec<u32>,
@@ -35,15 +41,16 @@ impl Band {
             idx: Vec::new(),
             val: Vec::new(),
         };
-        for (c, row) in w.outer_iter().enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                if keep(c, i) {
+        for start in (0..head.width()).step_by(CHUNK) {
+            let chunk = start..(start + CHUNK).min(head.width());
+            for (c, row) in w.outer_iter().enumerate() {
+                for i in chunk.clone().filter(|&i| keep(c, i)) {
                     band.idx
                         .push(u32::try_from(i).expect("feature width fits u32"));
-                    band.val.push(v);
+                    band.val.push(row[i]);
                 }
+                band.ptr.push(band.idx.len());
             }
-            band.ptr.push(band.idx.len());
         }
         band
     }
@@ -53,22 +60,30 @@ impl Band {
 /// block's features transposed, `LANES` samples per feature).
 #[inline(always)]
 fn row_times_tile<const FUSED: bool>(idx: &[u32], val: &[f64], xt: &[f64], acc: &mut [f64; LANES]) {
+    // A local copy keeps the accumulators in registers across the loop.
+    let mut sum = *acc;
     for (&i, &w) in idx.iter().zip(val) {
         let x: &[f64; LANES] = xt[i as usize * LANES..][..LANES]
             .try_into()
             .expect("a tile row has LANES values");
-        for (a, &x) in acc.iter_mut().zip(x) {
+        for (a, &x) in sum.iter_mut().zip(x) {
             *a = if FUSED { w.mul_add(x, *a) } else { *a + w * x };
         }
     }
+    *acc = sum;
 }
 
-/// `zsum[c] += (band row c) . xt` for every class (`zsum`: `C x LANES`).
+/// `zsum[c] += (band row c) . xt` for every class (`zsum`: `C x LANES`), one feature
+/// chunk at a time.
 #[inline(always)]
 fn band_times_tile<const FUSED: bool>(band: &Band, xt: &[f64], zsum: &mut [f64]) {
-    for (c, acc) in zsum.chunks_exact_mut(LANES).enumerate() {
-        let acc: &mut [f64; LANES] = acc.try_into().expect("LANES accumulators");
-        let (a, b) = (band.ptr[c], band.ptr[c + 1]);
+    let classes = zsum.len() / LANES;
+    for (s, segment) in band.ptr.windows(2).enumerate() {
+        let c = s % classes;
+        let acc: &mut [f64; LANES] = (&mut zsum[c * LANES..(c + 1) * LANES])
+            .try_into()
+            .expect("LANES accumulators");
+        let (a, b) = (segment[0], segment[1]);
         row_times_tile::<FUSED>(&band.idx[a..b], &band.val[a..b], xt, acc);
     }
 }
