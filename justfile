@@ -26,3 +26,7 @@ test:
 # Block GEMM of the scoring pass (gemm crate vs ndarray dot) and the pass's throughput.
 bench-head:
     cargo bench -p posthoc --bench head_gemm
+
+# DICE sweep p = 10..90 at m = 2048, C = 1000: one-pass band sweep vs a dense pass per mask.
+bench-dice-sweep rows="8192":
+    cargo bench -p posthoc --bench dice_sweep -- {{rows}}

@@ -11,7 +11,7 @@ use ndarray_npy::read_npy;
 use posthoc::eval::scores::{self, Scored};
 use posthoc::eval::{
     Clip, ClipValue, Convention, DiceMask, Head64, HimplosMask, LineMasks, LinePercentile, Metrics,
-    Sparsity, Temperature, id_accuracy, metrics, percentile,
+    Sparsity, Temperature, dice_sweep, id_accuracy, metrics, percentile,
 };
 use serde_json::Value;
 
@@ -312,6 +312,31 @@ fn posthoc_small_parity() {
             println!("{set:>18} {name:>18}: max abs diff {max_abs:.2e}");
             assert!(max_abs <= 1e-9, "{set} {name}: max abs diff {max_abs:e}");
             computed.insert((set.clone(), name.to_string()), got);
+        }
+    }
+
+    // The one-pass DICE sweep gives the DICE columns too (plain and clipped at 1.0).
+    for set in &sets {
+        let feats: Array2<f32> = fx.npy(&format!("{set}_feat.npy"));
+        let want: Array2<f64> = fx.npy(&format!("scores_{set}.npy"));
+        let swept = dice_sweep(feats.view(), &head, &dice_masks, None).unwrap();
+        let clipped = dice_sweep(feats.view(), &head, &dice_masks[3..], Some(clip(1.0))).unwrap();
+        let pairs = [
+            ("dice_p0", &swept[0]),
+            ("dice_p50", &swept[1]),
+            ("dice_p70", &swept[2]),
+        ]
+        .into_iter()
+        .chain([("dice_p90", &swept[3]), ("dice_react_p90_c1", &clipped[0])]);
+        for (name, got) in pairs {
+            let j = columns.iter().position(|c| c.0 == name).unwrap();
+            for (g, w) in got.scores.iter().zip(want.column(j)) {
+                assert!((g - w).abs() <= 1e-9, "{set} {name} (sweep): {g} vs {w}");
+            }
+            assert_eq!(
+                got.predicted,
+                computed[&(set.clone(), name.to_owned())].predicted
+            );
         }
     }
 

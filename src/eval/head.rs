@@ -1,7 +1,7 @@
 //! The linear head in `f64` and the one blockwise pass every score is built on:
 //! features (`N x m`, `f32`) -> per row `z = W x + b` -> a few numbers per row, where `x`
 //! is the row prepared in `f64` (cast, optionally clipped or masked). Rows go in blocks
-//! of [`BLOCK_ROWS`] through a GEMM, in parallel over blocks, so the `N x C` logits of a
+//! of 256 through a GEMM, in parallel over blocks, so the `N x C` logits of a
 //! whole set never exist at once.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
@@ -76,6 +76,24 @@ impl Head64 {
             w,
             b: self.b.clone(),
         }
+    }
+
+    /// Checks that a mask (or other `C x m` array) named `what` matches this head.
+    pub(crate) fn check_shape(
+        &self,
+        what: &'static str,
+        dim: (usize, usize),
+    ) -> Result<(), EvalError> {
+        for (expected, found) in [(self.classes(), dim.0), (self.width(), dim.1)] {
+            if expected != found {
+                return Err(EvalError::Shape {
+                    what,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `features` are `N x m` for this head.

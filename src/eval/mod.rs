@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod params;
 pub mod percentile;
 pub mod scores;
+pub mod dice_sweep;
 pub mod sweep;
 
 pub use head::{Head64, LogitScore, logit_scores};
@@ -20,6 +21,7 @@ pub use metrics::{Convention, Metrics, id_accuracy, metrics, roc_curve};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 pub use percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
+pub use dice_sweep::dice_sweep;
 
 /// Errors of the evaluate stage.
 #[derive(Debug, thiserror::Error)]
@@ -97,5 +99,15 @@ pub enum EvalError {
         label: i64,
         /// The number of classes.
         classes: usize,
+    /// DICE masks of a sweep that are not nested (the one with fewer kept weights keeps
+    /// one the other drops).
+    #[error(
+        "DICE masks p = {outer} and p = {inner} are not nested (built from different statistics?)"
+    )]
+    NotNested {
+        /// Sparsity of the mask with more kept weights.
+        outer: f64,
+        /// Sparsity of the mask with fewer kept weights.
+        inner: f64,
     },
 }

@@ -85,6 +85,7 @@ pub fn dice(
     head: &Head64,
     mask: &DiceMask,
 ) -> Result<Scored, EvalError> {
+    head.check_shape("DICE mask (C x m) vs head", mask.mask().dim())?;
     energy(features, &mask.apply(head), Temperature::ONE)
 }
 
@@ -96,6 +97,7 @@ pub fn dice_react(
     mask: &DiceMask,
     clip: ClipValue,
 ) -> Result<Scored, EvalError> {
+    head.check_shape("DICE mask (C x m) vs head", mask.mask().dim())?;
     react(features, &mask.apply(head), clip)
 }
 
@@ -144,6 +146,7 @@ pub fn line(
     clip: ClipValue,
     masks: &LineMasks,
 ) -> Result<Scored, EvalError> {
+    head.check_shape("LINe masks (C x m) vs head", masks.activation_mask().dim())?;
     let first = react(features, head, clip)?;
     let groups = rows_by_class(&first.predicted, head.classes());
     Ok(scatter_by_class(features.nrows(), &groups, |k, rows| {
@@ -183,13 +186,8 @@ pub fn himplos(
     t: Temperature,
     prototypes: ArrayView2<f64>,
 ) -> Result<Scored, EvalError> {
-    if prototypes.dim() != head.weights().dim() {
-        return Err(EvalError::Shape {
-            what: "HIMPLoS prototypes (C x m) vs head, elements",
-            expected: head.weights().len(),
-            found: prototypes.len(),
-        });
-    }
+    head.check_shape("HIMPLoS prototypes (C x m) vs head", prototypes.dim())?;
+    head.check_shape("HIMPLoS mask (C x m) vs head", mask.mask().dim())?;
     let plain = maxlogit(features, head)?;
     let k_of = &plain.predicted;
     let mh = mask.mask();
@@ -287,6 +285,29 @@ mod tests {
             dice(f.view(), &head, &plain).unwrap(),
             energy(f.view(), &head, Temperature::ONE).unwrap()
         );
+    }
+
+    #[test]
+    fn mismatched_masks_are_errors() {
+        let (f, head) = setup();
+        let other = Head64::new(Array2::ones((3, 6)), Array1::zeros(3)).unwrap();
+        let mask = HimplosMask::new(&other, Sparsity::new(50.0).unwrap()).unwrap();
+        let protos = Array2::zeros((4, 6));
+        let e = himplos(
+            f.view(),
+            &head,
+            &mask,
+            clip(1.0),
+            Temperature::ONE,
+            protos.view(),
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "HIMPLoS mask (C x m) vs head: expected 4, found 3"
+        );
+        let mu = Array1::ones(6);
+        let dmask = DiceMask::new(mu.view(), &other, Sparsity::new(50.0).unwrap()).unwrap();
+        assert!(dice(f.view(), &head, &dmask).is_err());
     }
 
     #[test]
