@@ -11,7 +11,7 @@ use arrow_array::{
     StringArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -145,6 +145,8 @@ pub(crate) fn writer_properties(
 /// A Parquet file opened for reading: the builder, its footer key/values and schema.
 pub(crate) struct OpenedParquet {
     pub(crate) builder: ParquetRecordBatchReaderBuilder<File>,
+    /// The decoded footer, shareable by further readers of the same file.
+    pub(crate) meta: ArrowReaderMetadata,
     pub(crate) kv: BTreeMap<String, String>,
     pub(crate) schema: SchemaRef,
     pub(crate) num_rows: u64,
@@ -162,13 +164,15 @@ pub(crate) fn open_parquet(path: &Path) -> Result<OpenedParquet> {
             io_err(path)(e)
         }
     })?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| CacheError::Corrupt {
+    let meta = ArrowReaderMetadata::load(&file, Default::default()).map_err(|source| {
+        CacheError::Corrupt {
             file: path.to_path_buf(),
             source,
-        })?;
-    let meta = builder.metadata().file_metadata();
-    let kv = meta
+        }
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
+    let file_meta = meta.metadata().file_metadata();
+    let kv = file_meta
         .key_value_metadata()
         .map(|kvs| {
             kvs.iter()
@@ -176,10 +180,11 @@ pub(crate) fn open_parquet(path: &Path) -> Result<OpenedParquet> {
                 .collect()
         })
         .unwrap_or_default();
-    let num_rows = u64::try_from(meta.num_rows()).unwrap_or(0);
+    let num_rows = u64::try_from(file_meta.num_rows()).unwrap_or(0);
     let schema = builder.schema().clone();
     Ok(OpenedParquet {
         builder,
+        meta,
         kv,
         schema,
         num_rows,
@@ -452,12 +457,13 @@ where
 
 /// Row of the first non-finite value of `values` (row-major, `width` per row).
 pub(crate) fn first_non_finite_f32(values: &[f32], width: usize) -> Option<usize> {
-    // A cheap vectorisable pre-check (inf - inf = NaN, NaN propagates) before the search.
-    let sum: f32 = values
-        .chunks(4096)
-        .map(|c| c.iter().map(|v| v * 0.0).sum::<f32>())
-        .sum();
-    if sum == 0.0 {
+    // NaN and infinities are the values whose exponent bits are all ones; the maximum of
+    // the masked exponents is a vectorised pass that finds whether any exists.
+    const EXP: u32 = 0x7f80_0000;
+    let max_exp = values
+        .iter()
+        .fold(0u32, |acc, v| acc.max(v.to_bits() & EXP));
+    if max_exp != EXP {
         return None;
     }
     values
