@@ -12,9 +12,10 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{CacheError, Result, io_err};
 use crate::manifest::{FORMAT_VERSION, Role};
@@ -125,12 +126,14 @@ pub(crate) fn footer(role: Role, set: Option<&str>, m: usize, c: usize) -> Vec<(
 }
 
 /// Writer settings of every file: zstd, no dictionary (vectors of floats do not repeat),
-/// `row_group_rows` rows per row group, footer metadata `kv`.
+/// BYTE_STREAM_SPLIT encoding for the f32 vectors of splits (about 9% smaller files on
+/// real DenseNet features; read by pyarrow, polars and duckdb), `row_group_rows` rows
+/// per row group, footer metadata `kv`.
 pub(crate) fn writer_properties(
     row_group_rows: usize,
     kv: Vec<(String, String)>,
 ) -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
         ))
@@ -138,8 +141,12 @@ pub(crate) fn writer_properties(
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(
             kv.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect(),
-        ))
-        .build()
+        ));
+    for column in [col::FEATURE, col::LOGITS] {
+        let leaf = ColumnPath::from(vec![column.to_string(), "list".into(), "item".into()]);
+        builder = builder.set_column_encoding(leaf, Encoding::BYTE_STREAM_SPLIT);
+    }
+    builder.build()
 }
 
 /// A Parquet file opened for reading: the builder, its footer key/values and schema.
