@@ -33,8 +33,10 @@ pub const KEY_NUM_CLASSES: &str = "posthoc.num_classes";
 
 /// Rows per Parquet row group in split files (also the commit unit of writers).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 8192;
-/// zstd level of every file.
+/// zstd level of every file of a finished cache.
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level of a writer's temporary parts (rewritten at finish: speed over size).
+pub(crate) const PART_ZSTD_LEVEL: i32 = 1;
 
 /// Column names of split files.
 pub mod col {
@@ -133,9 +135,18 @@ pub(crate) fn writer_properties(
     row_group_rows: usize,
     kv: Vec<(String, String)>,
 ) -> WriterProperties {
+    writer_properties_at(ZSTD_LEVEL, row_group_rows, kv)
+}
+
+/// [`writer_properties`] with zstd level `level`.
+pub(crate) fn writer_properties_at(
+    level: i32,
+    row_group_rows: usize,
+    kv: Vec<(String, String)>,
+) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
+            ZstdLevel::try_new(level).expect("valid zstd level"),
         ))
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(row_group_rows))

@@ -922,7 +922,7 @@ impl SplitWriter {
         write_parquet_atomic(
             &path,
             schema::split_schema(self.m, self.c),
-            schema::writer_properties(self.row_group_rows, kv),
+            schema::writer_properties_at(schema::PART_ZSTD_LEVEL, self.row_group_rows, kv),
             [batch],
         )?;
         self.next_part += 1;
