@@ -69,8 +69,8 @@ pub(crate) fn item_field(item: DataType) -> FieldRef {
     Arc::new(Field::new("item", item, false))
 }
 
-/// Schema of a split file: `index` u64, `path` utf8, `label` i32, `feature` f32[m],
-/// `logits` f32[C], all non-nullable.
+/// Schema of a split file: `index` u64, `path` utf8, `label` i32, `feature` `f32[m]`,
+/// `logits` `f32[C]`, all non-nullable.
 pub fn split_schema(m: usize, c: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::INDEX, DataType::UInt64, false),
@@ -81,7 +81,7 @@ pub fn split_schema(m: usize, c: usize) -> SchemaRef {
     ]))
 }
 
-/// Schema of `head.parquet`: `class` u32, `name` utf8, `weight` f32[m], `bias` f32.
+/// Schema of `head.parquet`: `class` u32, `name` utf8, `weight` `f32[m]`, `bias` f32.
 pub fn head_schema(m: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::CLASS, DataType::UInt32, false),
