@@ -364,6 +364,8 @@ impl CacheWriter {
     /// ID-train split.
     pub fn write_stats(&mut self, stats: &TrainStats) -> Result<()> {
         self.check_open()?;
+        let (m, c) = self.dims();
+        stats.validate(&self.partial().join(STATS_FILE), m, c)?;
         stats.write(&self.partial())?;
         Ok(())
     }
