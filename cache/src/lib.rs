@@ -8,9 +8,9 @@
 //! | file | rows | columns |
 //! |---|---|---|
 //! | `manifest.json` | | [`Manifest`]: version, model (id, checkpoint sha256, m, C, class names), preprocessing, tool, created, provenance, skipped inputs, and name/role/set/rows/bytes/sha256 of every file below |
-//! | `head.parquet` | C | `class` u32, `name` utf8, `weight` fixed_size_list<f32>[m], `bias` f32 |
-//! | `id_train.parquet`, `id_test.parquet` (ID sets: `<set>.parquet`), `ood-<set>.parquet` | one per input | `index` u64 (dataset order, strictly increasing), `path` utf8 (relative to the set root), `label` i32 (-1 for OOD), `feature` fixed_size_list<f32>[m], `logits` fixed_size_list<f32>[C] |
-//! | `stats.parquet` | C + 1 | `class` i32 (-1 = all ID-train rows, then 0..C-1), `count` u64, `mean` f64[m] (mu on row -1, mu_c on class rows), `dice_contribution` f64[m] (`V[c] = mu * W[c]`; null on row -1), `line_contribution` f64[m] (`S[c] = mu_c * W[c]`; null on row -1), `mean_ce` f64, `accuracy` f64 (null for an empty class) |
+//! | `head.parquet` | C | `class` u32, `name` utf8, `weight` `fixed_size_list<f32>[m]`, `bias` f32 |
+//! | `id_train.parquet`, `id_test.parquet` (ID sets: `<set>.parquet`), `ood-<set>.parquet` | one per input | `index` u64 (dataset order, strictly increasing), `path` utf8 (relative to the set root), `label` i32 (-1 for OOD), `feature` `fixed_size_list<f32>[m]`, `logits` `fixed_size_list<f32>[C]` |
+//! | `stats.parquet` | C + 1 | `class` i32 (-1 = all ID-train rows, then 0..C-1), `count` u64, `mean` `f64[m]` (mu on row -1, mu_c on class rows), `dice_contribution` `f64[m]` (`V[c] = mu * W[c]`; null on row -1), `line_contribution` `f64[m]` (`S[c] = mu_c * W[c]`; null on row -1), `mean_ce` f64, `accuracy` f64 (null for an empty class) |
 //! | `activation_percentiles.parquet` | 1001 | `q` f64 (0, 0.1, ..., 100), `value_f32` f32 (`np.percentile` of the float32 ID-train features, interpolated in float32 as numpy does), `value_f64` f64 (same ranks interpolated in f64) |
 //!
 //! All columns are non-nullable plain Arrow types except the documented nulls of
@@ -29,6 +29,8 @@
 //! A directory is a cache only once `manifest.json` exists and no `.partial` directory
 //! (unfinished write) or `manifest.json.tmp` (interrupted finish) is left over; see
 //! [`CacheWriter`] for the write protocol and resume.
+
+#![warn(missing_docs)]
 
 mod data;
 mod error;

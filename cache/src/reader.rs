@@ -7,19 +7,27 @@ use arrow_array::RecordBatch;
 use arrow_array::types::Float32Type;
 use arrow_schema::Schema;
 use ndarray::{Array1, Array2};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+use std::fs::File;
+
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use rayon::prelude::*;
 
 use crate::data::{Head, SplitData};
+use crate::error::io_err;
 use crate::error::{CacheError, Result};
 use crate::io::{BackgroundHash, file_size};
 use crate::manifest::{
     FileEntry, HEAD_FILE, MANIFEST_FILE, Manifest, PARTIAL_DIR, PERCENTILES_FILE, Role, STATS_FILE,
 };
-use crate::schema::{self, col, first_non_finite_f32};
+use crate::schema::{self, OpenedParquet, col, first_non_finite_f32};
 use crate::stats::TrainStats;
 
-/// Rows decoded at a time by whole-split loads (one default row group).
-const LOAD_BATCH_ROWS: usize = schema::DEFAULT_ROW_GROUP_ROWS;
+/// Rows decoded at a time by whole-split loads: small enough that the decode buffers
+/// (rows x (m + C) x 4 bytes) stay below the allocator's mmap threshold and are reused
+/// instead of being faulted in afresh for every batch.
+const LOAD_BATCH_ROWS: usize = 1024;
 
 /// A finished cache directory, opened and checked: the manifest is valid, no write is
 /// pending, and every listed file exists with its recorded size. Data are read lazily.
@@ -155,49 +163,23 @@ impl FeatureCache {
         )
     }
 
-    /// Loads set `set` whole into preallocated arrays. Peak memory is the result plus
-    /// one decoded row group.
+    /// Loads set `set` whole into preallocated arrays, decoding row groups in parallel
+    /// (rayon). Peak memory is the result plus one 1024-row batch per thread.
     pub fn split(&self, set: &str) -> Result<SplitData> {
         let entry = self.manifest.split_entry(set)?;
+        let path = self.dir.join(&entry.name);
+        let sha = self.verify_hashes.then_some(entry.sha256.as_str());
+        let hash = sha.map(|_| BackgroundHash::spawn(&path));
         let (m, c) = (self.feature_dim(), self.num_classes());
-        let n = usize::try_from(entry.rows).expect("row count fits in memory");
-        let mut reader =
-            SplitReader::open(&self.dir, entry, m, c, self.verify_hashes, LOAD_BATCH_ROWS)?;
-        let mut out = SplitData {
-            index: Vec::with_capacity(n),
-            paths: Vec::with_capacity(n),
-            labels: Vec::with_capacity(n),
-            features: Array2::zeros((n, m)),
-            logits: Array2::zeros((n, c)),
-        };
-        let mut row = 0usize;
-        {
-            let features = out.features.as_slice_mut().expect("standard layout");
-            let logits = out.logits.as_slice_mut().expect("standard layout");
-            while let Some(batch) = reader.next_checked()? {
-                let rows = batch.index.len();
-                if row + rows > n {
-                    return Err(reader.fail(CacheError::RowCount {
-                        file: reader.path.clone(),
-                        expected: entry.rows,
-                        found: (row + rows) as u64,
-                    }));
+        match load_split(&path, set, entry.role, m, c, entry.rows) {
+            Ok(data) => {
+                if let (Some(h), Some(sha)) = (hash, sha) {
+                    h.check(sha)?;
                 }
-                features[row * m..(row + rows) * m].copy_from_slice(batch.features);
-                logits[row * c..(row + rows) * c].copy_from_slice(batch.logits);
-                out.index.extend_from_slice(batch.index);
-                out.labels.extend_from_slice(batch.labels);
-                out.paths.extend(
-                    batch
-                        .paths
-                        .iter()
-                        .map(|p| p.unwrap_or_default().to_string()),
-                );
-                row += rows;
+                Ok(data)
             }
+            Err(e) => Err(prefer_hash_error(e, hash, sha)),
         }
-        reader.finish()?;
-        Ok(out)
     }
 
     /// Streams set `set` in batches of at most `rows_per_batch` rows. The sha256 verdict
@@ -324,24 +306,10 @@ impl SplitReader {
         batch_rows: usize,
     ) -> Result<SplitReader> {
         let hash = sha256.map(|_| BackgroundHash::spawn(path));
-        let opened = match schema::open_parquet(path) {
+        let opened = match open_checked(path, set, role, m, c, rows) {
             Ok(o) => o,
             Err(e) => return Err(prefer_hash_error(e, hash, sha256)),
         };
-        let checks = opened
-            .expect_footer(path, role, Some(set), m, c)
-            .and_then(|_| opened.expect_schema(path, &schema::split_schema(m, c)))
-            .and_then(|_| match rows {
-                Some(r) if r != opened.num_rows => Err(CacheError::RowCount {
-                    file: path.to_path_buf(),
-                    expected: r,
-                    found: opened.num_rows,
-                }),
-                _ => Ok(()),
-            });
-        if let Err(e) = checks {
-            return Err(prefer_hash_error(e, hash, sha256));
-        }
         let reader = match opened.builder.with_batch_size(batch_rows).build() {
             Ok(r) => r,
             Err(source) => {
@@ -362,6 +330,43 @@ impl SplitReader {
             expected_sha: sha256.unwrap_or_default().to_string(),
             expected_rows: rows,
             rows: 0,
+            last_index: None,
+            current: None,
+        })
+    }
+
+    /// A reader of row group `group` only, whose rows are numbered from `first_row`
+    /// (no hash, no row count check: the caller does both for the whole file).
+    #[allow(clippy::too_many_arguments)]
+    fn for_row_group(
+        path: &Path,
+        role: Role,
+        m: usize,
+        c: usize,
+        meta: &ArrowReaderMetadata,
+        group: usize,
+        first_row: u64,
+        batch_rows: usize,
+    ) -> Result<SplitReader> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+            .with_row_groups(vec![group])
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|source| CacheError::Corrupt {
+                file: path.to_path_buf(),
+                source,
+            })?;
+        Ok(SplitReader {
+            path: path.to_path_buf(),
+            role,
+            m,
+            c,
+            reader,
+            hash: None,
+            expected_sha: String::new(),
+            expected_rows: None,
+            rows: first_row,
             last_index: None,
             current: None,
         })
@@ -473,6 +478,157 @@ impl SplitReader {
             h.check(&self.expected_sha)?;
         }
         Ok(self.rows)
+    }
+}
+
+/// Opens a split file and checks its footer, schema and (when given) row count.
+fn open_checked(
+    path: &Path,
+    set: &str,
+    role: Role,
+    m: usize,
+    c: usize,
+    rows: Option<u64>,
+) -> Result<OpenedParquet> {
+    let opened = schema::open_parquet(path)?;
+    opened.expect_footer(path, role, Some(set), m, c)?;
+    opened.expect_schema(path, &schema::split_schema(m, c))?;
+    match rows {
+        Some(r) if r != opened.num_rows => Err(CacheError::RowCount {
+            file: path.to_path_buf(),
+            expected: r,
+            found: opened.num_rows,
+        }),
+        _ => Ok(opened),
+    }
+}
+
+/// Index, path and label columns of one row group.
+struct GroupRows {
+    index: Vec<u64>,
+    paths: Vec<String>,
+    labels: Vec<i32>,
+}
+
+/// Decodes row group `group` into `features`/`logits` (its rows of the preallocated
+/// arrays), checking every batch.
+#[allow(clippy::too_many_arguments)]
+fn read_group(
+    path: &Path,
+    role: Role,
+    (m, c): (usize, usize),
+    meta: &ArrowReaderMetadata,
+    group: usize,
+    first_row: u64,
+    features: &mut [f32],
+    logits: &mut [f32],
+) -> Result<GroupRows> {
+    let rows = features.len() / m;
+    let mut reader =
+        SplitReader::for_row_group(path, role, m, c, meta, group, first_row, LOAD_BATCH_ROWS)?;
+    let mut out = GroupRows {
+        index: Vec::with_capacity(rows),
+        paths: Vec::with_capacity(rows),
+        labels: Vec::with_capacity(rows),
+    };
+    let mut at = 0;
+    while let Some(b) = reader.next_checked()? {
+        let r = b.index.len();
+        if at + r > rows {
+            break;
+        }
+        features[at * m..(at + r) * m].copy_from_slice(b.features);
+        logits[at * c..(at + r) * c].copy_from_slice(b.logits);
+        out.index.extend_from_slice(b.index);
+        out.labels.extend_from_slice(b.labels);
+        out.paths
+            .extend(b.paths.iter().map(|p| p.unwrap_or_default().to_string()));
+        at += r;
+    }
+    if at != rows || reader.reader.next().is_some() {
+        return Err(CacheError::RowCount {
+            file: path.to_path_buf(),
+            expected: first_row + rows as u64,
+            found: first_row + at as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads a whole split file into preallocated arrays, decoding its row groups in
+/// parallel (each into its own rows of the result).
+fn load_split(
+    path: &Path,
+    set: &str,
+    role: Role,
+    m: usize,
+    c: usize,
+    rows: u64,
+) -> Result<SplitData> {
+    let opened = open_checked(path, set, role, m, c, Some(rows))?;
+    let group_rows: Vec<usize> = opened
+        .meta
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| usize::try_from(g.num_rows()).unwrap_or(0))
+        .collect();
+    let n = usize::try_from(rows).expect("row count fits in memory");
+    if group_rows.iter().sum::<usize>() != n {
+        return Err(CacheError::RowCount {
+            file: path.to_path_buf(),
+            expected: rows,
+            found: group_rows.iter().sum::<usize>() as u64,
+        });
+    }
+    let mut features = Array2::<f32>::zeros((n, m));
+    let mut logits = Array2::<f32>::zeros((n, c));
+    let mut chunks = Vec::with_capacity(group_rows.len());
+    {
+        let (mut f_rest, mut l_rest) = (
+            features.as_slice_mut().expect("standard layout"),
+            logits.as_slice_mut().expect("standard layout"),
+        );
+        let mut first = 0u64;
+        for (g, &r) in group_rows.iter().enumerate() {
+            let (f, fr) = f_rest.split_at_mut(r * m);
+            let (l, lr) = l_rest.split_at_mut(r * c);
+            chunks.push((g, first, f, l));
+            (f_rest, l_rest) = (fr, lr);
+            first += r as u64;
+        }
+        let meta = &opened.meta;
+        let results: Vec<Result<GroupRows>> = chunks
+            .into_par_iter()
+            .map(|(g, first, f, l)| read_group(path, role, (m, c), meta, g, first, f, l))
+            .collect();
+        let mut out = SplitData {
+            index: Vec::with_capacity(n),
+            paths: Vec::with_capacity(n),
+            labels: Vec::with_capacity(n),
+            features: Array2::zeros((0, m)),
+            logits: Array2::zeros((0, c)),
+        };
+        for group in results {
+            let group = group?; // the first failing group in file order
+            if let (Some(&prev), Some(&next)) = (out.index.last(), group.index.first())
+                && next <= prev
+            {
+                return Err(CacheError::UnsortedIndex {
+                    file: path.to_path_buf(),
+                    row: out.index.len() as u64,
+                    index: next,
+                    previous: prev,
+                });
+            }
+            out.index.extend(group.index);
+            out.paths.extend(group.paths);
+            out.labels.extend(group.labels);
+        }
+        drop(opened);
+        out.features = features;
+        out.logits = logits;
+        Ok(out)
     }
 }
 

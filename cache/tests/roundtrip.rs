@@ -311,3 +311,30 @@ fn files_use_plain_arrow_types_and_describe_themselves() {
         }
     }
 }
+
+#[test]
+fn producer_given_statistics_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    write_cache(&full, 64, |_| true);
+    let stats = FeatureCache::open(&full).unwrap().stats().unwrap();
+    // A cache of the test split only, with the statistics of the full run.
+    let dir = tmp.path().join("given");
+    let mut w = posthoc_cache::CacheWriter::create(&dir, init(M, C)).unwrap();
+    w.write_head(&head(M, C)).unwrap();
+    let mut wrong = stats.clone();
+    wrong.class_counts.pop();
+    let err = w.write_stats(&wrong).unwrap_err();
+    assert!(
+        matches!(err, CacheError::DimMismatch { ref column, .. } if column == "count"),
+        "{err}"
+    );
+    w.write_stats(&stats).unwrap();
+    let mut sw = w.split_writer("id_test", Role::IdTest).unwrap();
+    sw.append(&expected_split("id_test")).unwrap();
+    sw.close().unwrap();
+    w.finish().unwrap();
+    let cache = FeatureCache::open(&dir).unwrap();
+    assert_eq!(cache.stats().unwrap(), stats);
+    assert!(verify(&dir).unwrap().is_ok());
+}
