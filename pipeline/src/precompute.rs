@@ -311,7 +311,12 @@ fn run_set(
     for batch in loader {
         let batch = batch?;
         for bad in &batch.skipped {
-            tracing::warn!(set = plan.name, path = bad.path, reason = bad.reason, "skipped unreadable image");
+            tracing::warn!(
+                set = plan.name,
+                path = bad.path,
+                reason = bad.reason,
+                "skipped unreadable image"
+            );
             split.skip(bad.index, &bad.path, &bad.reason)?;
             skipped += 1;
         }
@@ -366,11 +371,9 @@ fn progress_bar(enabled: bool, name: &str, total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>14} [{bar:36}] {pos}/{len} {per_sec:>12} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>14} [{bar:36}] {pos}/{len} {per_sec:>12} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(name.to_owned());
     bar

@@ -50,8 +50,12 @@ fn parse_shard(text: &str) -> anyhow::Result<(u64, u64)> {
         .split_once('/')
         .with_context(|| format!("--shard {text}: expected i/n, e.g. 0/4"))?;
     let (i, n): (u64, u64) = (
-        i.trim().parse().with_context(|| format!("--shard {text}: i"))?,
-        n.trim().parse().with_context(|| format!("--shard {text}: n"))?,
+        i.trim()
+            .parse()
+            .with_context(|| format!("--shard {text}: i"))?,
+        n.trim()
+            .parse()
+            .with_context(|| format!("--shard {text}: n"))?,
     );
     if n == 0 || i >= n {
         bail!("--shard {text}: need 0 <= i < n");
@@ -76,7 +80,10 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         command: "precompute",
     };
     let model = cfg.model.as_ref().ok_or_else(|| missing("model"))?;
-    let pre = cfg.preprocess.as_ref().ok_or_else(|| missing("preprocess"))?;
+    let pre = cfg
+        .preprocess
+        .as_ref()
+        .ok_or_else(|| missing("preprocess"))?;
     let data = cfg.data.as_ref().ok_or_else(|| missing("data"))?;
     if model.arch != "densenet-bc" {
         bail!(
@@ -94,8 +101,13 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         .batch_size
         .or(cfg.precompute.as_ref().map(|p| p.batch_size))
         .unwrap_or(128);
-    let preprocess = Preprocess::new(Some(pre.resize as usize), pre.crop as usize, pre.mean, pre.std)
-        .with_context(|| format!("{}: [preprocess]", path.display()))?;
+    let preprocess = Preprocess::new(
+        Some(pre.resize as usize),
+        pre.crop as usize,
+        pre.mean,
+        pre.std,
+    )
+    .with_context(|| format!("{}: [preprocess]", path.display()))?;
     let net_config = DenseNetConfig {
         depth: model.depth,
         growth_rate: model.growth_rate,
@@ -104,7 +116,10 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         num_classes: model.num_classes,
         dropout: 0.0,
     };
-    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| model.checkpoint.clone());
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| model.checkpoint.clone());
     info!(checkpoint = %checkpoint.display(), "loading the network");
     let net = FeatureExtractor::new(
         &net_config,
@@ -161,7 +176,10 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let report = precompute(&spec, &net)?;
-    println!("{:<14} {:>8} {:>10} {:>8} {:>9} {:>9}", "set", "rows", "processed", "skipped", "seconds", "images/s");
+    println!(
+        "{:<14} {:>8} {:>10} {:>8} {:>9} {:>9}",
+        "set", "rows", "processed", "skipped", "seconds", "images/s"
+    );
     for s in &report.sets {
         println!(
             "{:<14} {:>8} {:>10} {:>8} {:>9.1} {:>9.1}",

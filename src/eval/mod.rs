@@ -5,6 +5,7 @@
 //! Definitions follow `docs/methods.md`. Everything after the cached `f32` features is
 //! computed in `f64`.
 
+pub mod dice_sweep;
 pub mod engine;
 pub mod head;
 pub mod masks;
@@ -12,16 +13,15 @@ pub mod metrics;
 pub mod params;
 pub mod percentile;
 pub mod scores;
-pub mod dice_sweep;
 pub mod sweep;
 
+pub use dice_sweep::dice_sweep;
 pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
 pub use metrics::{Convention, Metrics, id_accuracy, metrics, roc_curve};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 pub use percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
-pub use dice_sweep::dice_sweep;
 
 /// Errors of the evaluate stage.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +99,7 @@ pub enum EvalError {
         label: i64,
         /// The number of classes.
         classes: usize,
+    },
     /// DICE masks of a sweep that are not nested (the one with fewer kept weights keeps
     /// one the other drops).
     #[error(
