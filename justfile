@@ -30,3 +30,15 @@ bench-head:
 # DICE sweep p = 10..90 at m = 2048, C = 1000: one-pass band sweep vs a dense pass per mask.
 bench-dice-sweep rows="8192":
     cargo bench -p posthoc --bench dice_sweep -- {{rows}}
+
+# Build the release binary once for the recipes below.
+build-release:
+    cargo build --release -p posthoc
+
+# Feature cache of the default config (resumable: re-run after an interruption).
+precompute *ARGS: setup build-release
+    "${CARGO_TARGET_DIR:-target}/release/posthoc" precompute --config {{config}} {{ARGS}}
+
+# The papers' 13 settings on the default cache: tables on stdout, JSON/CSV/plots in out/.
+eval *ARGS: build-release
+    "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config {{config}} --json out/eval-cifar10-densenet100.json --csv out/eval-cifar10-densenet100.csv --plots out/plots-cifar10-densenet100 {{ARGS}}

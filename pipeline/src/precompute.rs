@@ -16,7 +16,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use posthoc_cache::{
-    CacheWriter, Head, Manifest, ManifestInit, ModelInfo, Role, SplitData, ToolInfo,
+    CacheWriter, Head, Manifest, ManifestInit, ModelInfo, Role, SplitData, ToolInfo, WriterOptions,
 };
 use tracing::info;
 
@@ -60,6 +60,9 @@ pub struct PrecomputeSpec {
     pub shard: Option<(u64, u64)>,
     /// Record unreadable images in the manifest instead of failing.
     pub skip_bad: bool,
+    /// Rows per durable commit (and per Parquet row group) of a new cache: an interrupted
+    /// run resumes after the last commit.
+    pub commit_rows: usize,
     /// Free-form provenance for the manifest (command line, config, ...).
     pub provenance: serde_json::Value,
     /// Show progress bars (off in tests and when stderr is not a terminal).
@@ -116,7 +119,10 @@ fn open_writer(
     let out = &spec.out;
     let has_entries = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
     if !has_entries {
-        return Ok(Some(CacheWriter::create(out, init)?));
+        let options = WriterOptions {
+            row_group_rows: spec.commit_rows,
+        };
+        return Ok(Some(CacheWriter::create_with(out, init, options)?));
     }
     let writer = CacheWriter::open_resume(out)?;
     if writer.is_finished() {

@@ -186,18 +186,38 @@ fn check_config_fits(
     Ok(())
 }
 
-/// The OOD sets to report.
+/// The OOD sets to report: `--ood`, else the config's `[eval] ood`, else every OOD set
+/// of the cache (in the order of the config's `[data.ood]` where it names them).
 fn ood_sets(
     args: &EvalArgs,
     cfg: Option<&ExperimentConfig>,
     cache: &FeatureCache,
 ) -> anyhow::Result<Vec<String>> {
     let available = cache.sets(posthoc_cache::Role::Ood);
-    let wanted = args
+    let wanted = match args
         .ood
         .clone()
         .or_else(|| cfg.and_then(|c| c.eval.ood.clone()))
-        .unwrap_or_else(|| available.clone());
+    {
+        Some(list) => list,
+        None => {
+            let config_order: Vec<String> = cfg
+                .and_then(|c| c.data.as_ref())
+                .map(|d| {
+                    d.ood
+                        .keys()
+                        .filter(|k| available.contains(k))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let rest = available
+                .iter()
+                .filter(|s| !config_order.contains(s))
+                .cloned();
+            config_order.iter().cloned().chain(rest).collect()
+        }
+    };
     for name in &wanted {
         if !available.contains(name) {
             bail!(

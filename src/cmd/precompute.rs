@@ -34,6 +34,10 @@ pub struct PrecomputeArgs {
     /// Record unreadable images in the manifest instead of failing.
     #[arg(long)]
     skip_bad: bool,
+    /// Rows per durable commit and Parquet row group (an interrupted run resumes after
+    /// the last commit).
+    #[arg(long, default_value_t = 8192)]
+    commit_every: usize,
     /// Images per forward batch (default: the config's, else 128).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -165,6 +169,7 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         limit: args.limit,
         shard,
         skip_bad: args.skip_bad,
+        commit_rows: args.commit_every,
         provenance: serde_json::json!({
             "command": std::env::args().collect::<Vec<_>>(),
             "config_file": path,
