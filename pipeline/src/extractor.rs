@@ -63,7 +63,7 @@ pub struct FeatureExtractor {
 
 /// Images per step of one CPU thread (measured best on DenseNet-BC-100: see
 /// `examples/forward_speed.rs`).
-const CPU_GROUP: usize = 4;
+const CPU_GROUP: usize = 1;
 
 impl FeatureExtractor {
     /// Shape of one input image: `[channels, height, width]`.
