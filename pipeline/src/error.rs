@@ -11,6 +11,14 @@ pub enum PipelineError {
     /// A checkpoint could not be read or does not fit the model.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A backend name that is unknown or not compiled in.
+    #[error("unknown or unavailable backend `{spec}`: {reason}")]
+    Backend {
+        /// The name as given.
+        spec: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// An input batch does not have the shape the network expects.
     #[error("input batch holds {found} values, expected {expected} ({n} x {shape:?})")]
     InputShape {
