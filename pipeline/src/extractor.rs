@@ -187,6 +187,9 @@ impl FeatureExtractor {
 
     /// Features and logits of `n` images given as normalised NCHW float32
     /// (`n x 3 x 32 x 32` values).
+    ///
+    /// On the CPU engine every image is computed on its own, so a row's result does not
+    /// depend on the batch it comes in or on the thread count.
     pub fn extract(&self, inputs: &[f32], n: usize) -> Result<Extracted, PipelineError> {
         let [c, h, w] = Self::INPUT_SHAPE;
         let expected = n * c * h * w;
