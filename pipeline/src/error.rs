@@ -23,6 +23,14 @@ pub enum PipelineError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A backend name that is unknown or not compiled in.
+    #[error("unknown or unavailable backend `{spec}`: {reason}")]
+    Backend {
+        /// The name as given.
+        spec: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// An input batch does not have the shape the network expects.
     #[error("input batch holds {found} values, expected {expected} ({n} x {shape:?})")]
     InputShape {

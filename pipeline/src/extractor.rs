@@ -29,6 +29,52 @@ impl Default for ExtractorBackend {
     }
 }
 
+impl std::str::FromStr for ExtractorBackend {
+    type Err = PipelineError;
+
+    /// Parses a backend name: `cpu` (the CPU engine on all cores), `cpu:N` (on `N` threads),
+    /// `flex` (burn's flex CPU backend), and with the crate features of the same names
+    /// `cuda[:N]` (burn-cuda) and `tch-cuda[:N]` / `tch-cpu` (libtorch).
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (name, index) = match spec.split_once(':') {
+            Some((name, index)) => {
+                let index = index.parse::<usize>().map_err(|_| PipelineError::Backend {
+                    spec: spec.to_string(),
+                    reason: format!("`{index}` is not a device index / thread count"),
+                })?;
+                (name, Some(index))
+            }
+            None => (spec, None),
+        };
+        let unavailable = |feature: &str| PipelineError::Backend {
+            spec: spec.to_string(),
+            reason: format!("posthoc-pipeline was built without its `{feature}` feature"),
+        };
+        match (name, index) {
+            ("cpu", threads) => Ok(Self::Cpu {
+                threads: threads.unwrap_or(0),
+            }),
+            ("flex", None) => Ok(Self::Burn(Device::flex())),
+            #[cfg(feature = "cuda")]
+            ("cuda", index) => Ok(Self::Burn(Device::cuda(index.unwrap_or(0)))),
+            #[cfg(not(feature = "cuda"))]
+            ("cuda", _) => Err(unavailable("cuda")),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            ("tch-cuda", index) => Ok(Self::Burn(Device::libtorch_cuda(index.unwrap_or(0)))),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            ("tch-cpu", None) => Ok(Self::Burn(Device::libtorch())),
+            #[cfg(not(feature = "tch"))]
+            ("tch-cuda" | "tch-cpu", _) => Err(unavailable("tch")),
+            _ => Err(PipelineError::Backend {
+                spec: spec.to_string(),
+                reason: "expected cpu, cpu:N, flex, cuda[:N], tch-cuda[:N] or tch-cpu".into(),
+            }),
+        }
+    }
+}
+
 /// Penultimate features and logits of a batch (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Extracted {
@@ -63,7 +109,7 @@ pub struct FeatureExtractor {
 
 /// Images per step of one CPU thread (measured best on DenseNet-BC-100: see
 /// `examples/forward_speed.rs`).
-const CPU_GROUP: usize = 4;
+const CPU_GROUP: usize = 1;
 
 impl FeatureExtractor {
     /// Shape of one input image: `[channels, height, width]`.
@@ -141,6 +187,9 @@ impl FeatureExtractor {
 
     /// Features and logits of `n` images given as normalised NCHW float32
     /// (`n x 3 x 32 x 32` values).
+    ///
+    /// On the CPU engine every image is computed on its own, so a row's result does not
+    /// depend on the batch it comes in or on the thread count.
     pub fn extract(&self, inputs: &[f32], n: usize) -> Result<Extracted, PipelineError> {
         let [c, h, w] = Self::INPUT_SHAPE;
         let expected = n * c * h * w;
@@ -162,5 +211,38 @@ impl FeatureExtractor {
             }
         };
         Ok(Extracted { features, logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse() {
+        assert!(matches!(
+            "cpu".parse::<ExtractorBackend>().unwrap(),
+            ExtractorBackend::Cpu { threads: 0 }
+        ));
+        assert!(matches!(
+            "cpu:2".parse::<ExtractorBackend>().unwrap(),
+            ExtractorBackend::Cpu { threads: 2 }
+        ));
+        assert!(matches!(
+            "flex".parse::<ExtractorBackend>().unwrap(),
+            ExtractorBackend::Burn(_)
+        ));
+        for bad in ["gpu", "cpu:x", "flex:1", ""] {
+            let err = bad.parse::<ExtractorBackend>().unwrap_err();
+            assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
+        }
+        #[cfg(not(feature = "cuda"))]
+        assert!(
+            "cuda:0"
+                .parse::<ExtractorBackend>()
+                .unwrap_err()
+                .to_string()
+                .contains("`cuda` feature")
+        );
     }
 }

@@ -4,8 +4,9 @@ mod common;
 
 use burn::tensor::Device;
 use posthoc_pipeline::PipelineError;
+use posthoc_pipeline::checkpoint::load_densenet;
 use posthoc_pipeline::extractor::{ExtractorBackend, FeatureExtractor};
-use posthoc_pipeline::model::DenseNetConfig;
+use posthoc_pipeline::model::{CpuDenseNet, DenseNetConfig};
 
 use common::*;
 
@@ -109,4 +110,28 @@ fn a_wrongly_sized_batch_is_rejected() {
         }
     ));
     assert!(err.to_string().contains("6144"), "{err}");
+}
+
+/// The engine's multi-image layout (several images per thread step, partial last group).
+#[test]
+fn cpu_engine_groups_of_images_match_pytorch() {
+    let Some((fx, ckpt)) = parity_fixture() else {
+        return;
+    };
+    let loaded =
+        load_densenet(&DenseNetConfig::densenet_bc_100(10), &ckpt, &Device::flex()).unwrap();
+    let engine = CpuDenseNet::from_model(&loaded.model, &loaded.plan);
+    let rows = 12;
+    let inputs = read_f32(&fx.join("inputs.npy"));
+    let (features, logits) = engine.forward(&first_rows(&inputs, rows), rows, 32, 32, 2, 5);
+    let fd = max_abs_diff(
+        &features,
+        &first_rows(&read_f32(&fx.join("features.npy")), rows),
+    );
+    let ld = max_abs_diff(
+        &logits,
+        &first_rows(&read_f32(&fx.join("logits.npy")), rows),
+    );
+    println!("cpu engine, groups of 5: features max abs diff {fd:.3e}, logits {ld:.3e}");
+    assert!(fd <= FEATURE_TOL && ld <= LOGIT_TOL, "{fd} {ld}");
 }

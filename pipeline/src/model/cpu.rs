@@ -21,7 +21,97 @@ use burn::nn::conv::Conv2d;
 
 use super::config::DenseNetPlan;
 use super::densenet::{DenseNet, tensor_values as values};
-use super::kernels::{AffineRelu, avg_pool_2x2, im2col_3x3, matmul};
+use super::kernels::{AffineRelu, im2col_3x3_rows, matmul};
+
+/// Target size (floats) of the unfolded 3x3 input of one band of image rows: 512 KiB, so
+/// the band stays in the L2 cache between unfolding and the matrix product.
+const COLUMN_BAND_FLOATS: usize = 128 * 1024;
+
+/// Image rows per band of a 3x3 convolution over `channels` channels of width `w`.
+fn band_rows(channels: usize, h: usize, w: usize) -> usize {
+    (COLUMN_BAND_FLOATS / (channels * 9 * w)).clamp(1, h)
+}
+
+/// `out (+)= conv3x3(input)` for `g` images: `input` is `[cin][g * h * w]`, `weight`
+/// `[cout][cin * 9]`, output channel `o` is written at `out[o * out_rs..]`. The input is
+/// unfolded band by band of image rows into `columns`.
+#[allow(clippy::too_many_arguments)]
+fn conv_3x3(
+    weight: &[f32],
+    cout: usize,
+    input: &[f32],
+    cin: usize,
+    g: usize,
+    h: usize,
+    w: usize,
+    columns: &mut [f32],
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    let hw = h * w;
+    let n = g * hw;
+    let band = band_rows(cin, h, w);
+    for img in 0..g {
+        for y0 in (0..h).step_by(band) {
+            let rows = y0..(y0 + band).min(h);
+            let len = rows.len() * w;
+            im2col_3x3_rows(&input[img * hw..], n, cin, h, w, rows, columns, len);
+            matmul(
+                cout,
+                len,
+                cin * 9,
+                weight,
+                columns,
+                len,
+                &mut out[img * hw + y0 * w..],
+                out_rs,
+                false,
+            );
+        }
+    }
+}
+
+/// Target size (floats) of one spatial tile of a normalised 1x1 convolution input: 256 KiB.
+const TILE_FLOATS: usize = 64 * 1024;
+
+/// Columns (pixels) per tile of a 1x1 convolution over `channels` channels.
+fn tile_columns(channels: usize, n: usize) -> usize {
+    (TILE_FLOATS / channels).max(16).min(n)
+}
+
+/// `out = conv1x1(relu(bn(src)))` over `n` pixels: `src` is `[cin][n]` (rows `src_rs`
+/// apart), `weight` `[cout][cin]`, output channel `o` at `out[o * out_rs..]`. The
+/// normalised input is produced tile by tile of pixels into `tile` (cache resident).
+#[allow(clippy::too_many_arguments)]
+fn conv_1x1_after(
+    bn: &AffineRelu,
+    weight: &[f32],
+    cout: usize,
+    src: &[f32],
+    src_rs: usize,
+    n: usize,
+    tile: &mut [f32],
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    let cin = bn.channels();
+    let step = tile_columns(cin, n);
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        bn.apply(&src[start..], src_rs, len, tile);
+        matmul(
+            cout,
+            len,
+            cin,
+            weight,
+            tile,
+            len,
+            &mut out[start..],
+            out_rs,
+            false,
+        );
+    }
+}
 
 /// One dense layer with BatchNorms folded.
 #[derive(Debug, Clone)]
@@ -227,17 +317,25 @@ impl CpuDenseNet {
         let hw = [h * w, h * w / 4, h * w / 16];
         let inter = p.bottleneck_channels();
         let mut normed = 0;
-        let mut columns = 3 * 9 * g * hw[0];
+        let columns_for = |cin: usize, h: usize, w: usize| cin * 9 * band_rows(cin, h, w) * w;
+        let mut columns = columns_for(3, h, w);
         let mut pooled = 0;
         for (b, (block, spatial)) in p.blocks.iter().zip(hw).enumerate() {
             let n = g * spatial;
-            normed = normed.max(block.out_channels * n);
+            let (bh, bw) = (h >> (2 * b), w >> (2 * b));
+            let widest = block.out_channels - p.config.growth_rate;
+            normed = normed.max(if p.config.bottleneck {
+                // c * tile_columns(c, n) for every c <= widest
+                TILE_FLOATS.max(16 * widest).min(widest * n)
+            } else {
+                widest * n
+            });
             let widest_3x3 = if p.config.bottleneck {
                 inter
             } else {
                 block.out_channels - p.config.growth_rate
             };
-            columns = columns.max(widest_3x3 * 9 * n);
+            columns = columns.max(columns_for(widest_3x3, bh, bw));
             if let Some(t) = p.transitions.get(b) {
                 pooled = pooled.max(t.in_channels * n / 4);
             }
@@ -283,17 +381,17 @@ impl CpuDenseNet {
             }
         }
         // Stem: 3x3 conv 3 -> 2k channels, written into block 1's buffer.
-        im2col_3x3(&ws.input, 3, g, h, w, &mut ws.columns);
-        matmul(
-            p.stem_channels,
-            n0,
-            27,
+        conv_3x3(
             &self.stem,
-            &ws.columns,
-            n0,
+            p.stem_channels,
+            &ws.input,
+            3,
+            g,
+            h,
+            w,
+            &mut ws.columns,
             &mut ws.blocks[0],
             n0,
-            false,
         );
 
         let (mut bh, mut bw) = (h, w);
@@ -307,14 +405,8 @@ impl CpuDenseNet {
             if b < 2 {
                 let t = &self.transitions[b];
                 let c = p.blocks[b].out_channels;
-                let Workspace {
-                    blocks,
-                    normed,
-                    pooled,
-                    ..
-                } = ws;
-                t.bn.apply(&blocks[b], n, n, normed);
-                avg_pool_2x2(normed, n, c, g, bh, bw, pooled);
+                let Workspace { blocks, pooled, .. } = ws;
+                t.bn.apply_avg_pool_2x2(&blocks[b], n, g, bh, bw, pooled);
                 let n_next = n / 4;
                 matmul(
                     t.out_channels,
@@ -374,16 +466,24 @@ impl CpuDenseNet {
         match layer {
             Layer::Bottleneck { bn1, w1, bn2, w2 } => {
                 let inter = bn2.channels();
-                bn1.apply(buf, n, n, normed);
-                matmul(inter, n, c, w1, normed, n, bottleneck, n, false);
+                conv_1x1_after(bn1, w1, inter, buf, n, n, normed, bottleneck, n);
                 bn2.apply(bottleneck, n, n, bottleneck_normed);
-                im2col_3x3(bottleneck_normed, inter, g, h, w, columns);
-                matmul(k, n, inter * 9, w2, columns, n, &mut buf[c * n..], n, false);
+                conv_3x3(
+                    w2,
+                    k,
+                    bottleneck_normed,
+                    inter,
+                    g,
+                    h,
+                    w,
+                    columns,
+                    &mut buf[c * n..],
+                    n,
+                );
             }
             Layer::Basic { bn1, w: wt } => {
                 bn1.apply(buf, n, n, normed);
-                im2col_3x3(normed, c, g, h, w, columns);
-                matmul(k, n, c * 9, wt, columns, n, &mut buf[c * n..], n, false);
+                conv_3x3(wt, k, normed, c, g, h, w, columns, &mut buf[c * n..], n);
             }
         }
     }

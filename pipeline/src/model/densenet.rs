@@ -187,3 +187,69 @@ pub fn tensor_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .try_into_vec::<f32>()
         .expect("a float tensor converted to f32 reads back as f32")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn small_config(dropout: f64) -> DenseNetConfig {
+        DenseNetConfig {
+            depth: 10,
+            growth_rate: 4,
+            reduction: 0.5,
+            bottleneck: true,
+            num_classes: 3,
+            dropout,
+        }
+    }
+
+    /// On an autodiff device a module in training mode applies dropout (p from the config)
+    /// and BatchNorm batch statistics, and gradients reach the first convolution; its
+    /// validation snapshot is deterministic.
+    #[test]
+    fn dropout_is_active_only_while_training() {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let model = DenseNet::new(&small_config(0.5), &device).unwrap();
+        let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Default, &device);
+
+        let (_, a) = model.forward(x.clone());
+        let (_, b) = model.forward(x.clone());
+        assert_ne!(
+            a.to_data(),
+            b.to_data(),
+            "dropout draws differ between passes"
+        );
+
+        let grads = a.sum().backward();
+        let g = model
+            .conv1
+            .weight
+            .grad(&grads)
+            .expect("conv1 gets a gradient");
+        assert_eq!(g.dims(), [8, 3, 3, 3]);
+
+        let eval = model.valid();
+        let (_, c) = eval.forward(x.clone().inner());
+        let (_, d) = eval.forward(x.inner());
+        assert_eq!(c.to_data(), d.to_data());
+    }
+
+    #[test]
+    fn without_dropout_training_passes_agree() {
+        let device = Device::flex().autodiff();
+        let model = DenseNet::new(&small_config(0.0), &device).unwrap();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                (0..2 * 3 * 8 * 8).map(|v| (v % 7) as f32).collect(),
+                [2, 3, 8, 8],
+            ),
+            &device,
+        );
+        let (fa, _) = model.forward(x.clone());
+        let (fb, _) = model.forward(x);
+        assert_eq!(fa.to_data(), fb.to_data());
+        assert_eq!(fa.dims(), [2, model.feature_dim()]);
+    }
+}

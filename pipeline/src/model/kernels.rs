@@ -72,6 +72,39 @@ pub fn matmul(
     }
 }
 
+/// Runs `$call` compiled for the widest vector extension the CPU has (AVX-512, AVX2, or the
+/// build's baseline): the kernels are plain loops that the compiler vectorises for the
+/// enabled features. Every variant computes the same float operations in the same order
+/// (no fused multiply-add is introduced), so results do not depend on the CPU.
+macro_rules! with_widest_simd {
+    ($call:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked at run time).
+                unsafe { avx512(|| $call) }
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked at run time).
+                unsafe { avx2(|| $call) }
+            } else {
+                $call
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $call
+        }
+    }};
+}
+
 /// Eval-mode BatchNorm followed by ReLU, folded into one per-channel affine map:
 /// `relu(x * scale[c] + shift[c])` with `scale = gamma / sqrt(var + eps)` and
 /// `shift = beta - mean * scale`.
@@ -112,11 +145,60 @@ impl AffineRelu {
     /// Applies the map to the first `channels()` rows of `src` (rows `src_rs` apart,
     /// `n` values each) and writes them densely (`n` apart) to `dst`.
     pub fn apply(&self, src: &[f32], src_rs: usize, n: usize, dst: &mut [f32]) {
+        assert!(dst.len() >= self.channels() * n);
+        assert!(self.channels() == 0 || src.len() >= (self.channels() - 1) * src_rs + n);
+        with_widest_simd!(self.apply_rows(src, src_rs, n, dst))
+    }
+
+    #[inline(always)]
+    fn apply_rows(&self, src: &[f32], src_rs: usize, n: usize, dst: &mut [f32]) {
         for (c, out) in dst.chunks_exact_mut(n).take(self.channels()).enumerate() {
             let (s, b) = (self.scale[c], self.shift[c]);
             let row = &src[c * src_rs..c * src_rs + n];
             for (o, &x) in out.iter_mut().zip(row) {
                 *o = (x * s + b).max(0.0);
+            }
+        }
+    }
+
+    /// `relu(x * scale + shift)` followed by 2x2 average pooling with stride 2:
+    /// `[C][g * h * w]` (rows `src_rs` apart) to `[C][g * (h / 2) * (w / 2)]` (dense);
+    /// `h` and `w` must be even.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_avg_pool_2x2(
+        &self,
+        src: &[f32],
+        src_rs: usize,
+        g: usize,
+        h: usize,
+        w: usize,
+        dst: &mut [f32],
+    ) {
+        assert!(
+            h.is_multiple_of(2) && w.is_multiple_of(2),
+            "2x2 pooling needs even sizes"
+        );
+        let (ho, wo) = (h / 2, w / 2);
+        let n_out = g * ho * wo;
+        assert!(dst.len() >= self.channels() * n_out);
+        assert!(self.channels() == 0 || src.len() >= (self.channels() - 1) * src_rs + g * h * w);
+        for c in 0..self.channels() {
+            let (s, b) = (self.scale[c], self.shift[c]);
+            let f = |x: f32| (x * s + b).max(0.0);
+            let row = &src[c * src_rs..];
+            let out = &mut dst[c * n_out..][..n_out];
+            for img in 0..g {
+                let plane = &row[img * h * w..][..h * w];
+                let oplane = &mut out[img * ho * wo..][..ho * wo];
+                for y in 0..ho {
+                    let r0 = &plane[2 * y * w..][..w];
+                    let r1 = &plane[(2 * y + 1) * w..][..w];
+                    for x in 0..wo {
+                        oplane[y * wo + x] =
+                            (f(r0[2 * x]) + f(r0[2 * x + 1]) + f(r1[2 * x]) + f(r1[2 * x + 1]))
+                                * 0.25;
+                    }
+                }
             }
         }
     }
@@ -144,84 +226,76 @@ pub fn im2col_3x3(src: &[f32], channels: usize, g: usize, h: usize, w: usize, ds
     let hw = h * w;
     let n = g * hw;
     assert!(src.len() >= channels * n && dst.len() >= channels * 9 * n);
-    for c in 0..channels {
-        for ky in 0..3 {
-            // Output rows y read input rows y + ky - 1: valid for y in [y0, y1).
-            let y0 = usize::from(ky == 0);
-            let y1 = if ky == 2 { h - 1 } else { h };
-            for kx in 0..3 {
-                let row = &mut dst[(c * 9 + ky * 3 + kx) * n..][..n];
-                for img in 0..g {
-                    let plane = &src[c * n + img * hw..][..hw];
-                    let out = &mut row[img * hw..][..hw];
-                    // Output pixel p = y * w + x reads p + (ky - 1) * w + (kx - 1): one
-                    // contiguous copy over the valid rows; the column that wrapped around a
-                    // row edge is zeroed afterwards.
-                    let (lo, hi) = (y0 * w, y1 * w);
-                    if lo >= hi {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let shift = (ky * w + kx) as isize - (w + 1) as isize;
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    match kx {
-                        0 => {
-                            // reads p - 1 (+ row shift); the first element has no source
-                            let s0 = (lo as isize + shift + 1) as usize;
-                            out[lo + 1..hi].copy_from_slice(&plane[s0..s0 + hi - lo - 1]);
-                            for y in y0..y1 {
-                                out[y * w] = 0.0;
-                            }
-                        }
-                        1 => {
-                            let s0 = (lo as isize + shift) as usize;
-                            out[lo..hi].copy_from_slice(&plane[s0..s0 + hi - lo]);
-                        }
-                        _ => {
-                            // reads p + 1 (+ row shift); the last element has no source
-                            let s0 = (lo as isize + shift) as usize;
-                            out[lo..hi - 1].copy_from_slice(&plane[s0..s0 + hi - lo - 1]);
-                            for y in y0..y1 {
-                                out[y * w + w - 1] = 0.0;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    for img in 0..g {
+        im2col_3x3_rows(
+            &src[img * hw..],
+            n,
+            channels,
+            h,
+            w,
+            0..h,
+            &mut dst[img * hw..],
+            n,
+        );
     }
 }
 
-/// 2x2 average pooling with stride 2: `[C][g * h * w]` (rows `src_rs` apart) to
-/// `[C][g * (h / 2) * (w / 2)]` (dense); `h` and `w` must be even.
-pub fn avg_pool_2x2(
+/// [`im2col_3x3`] for output rows `rows` of one image: channel `c` of the image is
+/// `src[c * src_rs..][..h * w]`; row `c * 9 + ky * 3 + kx` of the result
+/// (`rows.len() * w` values) starts at `dst[(c * 9 + ky * 3 + kx) * dst_rs]`.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_3x3_rows(
     src: &[f32],
     src_rs: usize,
     channels: usize,
-    g: usize,
     h: usize,
     w: usize,
+    rows: std::ops::Range<usize>,
     dst: &mut [f32],
+    dst_rs: usize,
 ) {
-    assert!(
-        h.is_multiple_of(2) && w.is_multiple_of(2),
-        "avg_pool_2x2 needs even sizes"
-    );
-    let (ho, wo) = (h / 2, w / 2);
-    let n_out = g * ho * wo;
+    let len = rows.len() * w;
+    assert!(rows.end <= h && len <= dst_rs);
     for c in 0..channels {
-        let row = &src[c * src_rs..];
-        let out = &mut dst[c * n_out..][..n_out];
-        for img in 0..g {
-            let plane = &row[img * h * w..][..h * w];
-            let oplane = &mut out[img * ho * wo..][..ho * wo];
-            for y in 0..ho {
-                let r0 = &plane[2 * y * w..][..w];
-                let r1 = &plane[(2 * y + 1) * w..][..w];
-                for x in 0..wo {
-                    oplane[y * wo + x] =
-                        (r0[2 * x] + r0[2 * x + 1] + r1[2 * x] + r1[2 * x + 1]) * 0.25;
+        let plane = &src[c * src_rs..][..h * w];
+        for ky in 0..3 {
+            // Output row y reads input row y + ky - 1: valid for y in [y0, y1).
+            let y0 = rows.start.max(usize::from(ky == 0));
+            let y1 = rows.end.min(if ky == 2 { h - 1 } else { h });
+            for kx in 0..3 {
+                let out = &mut dst[(c * 9 + ky * 3 + kx) * dst_rs..][..len];
+                if y0 >= y1 {
+                    out.fill(0.0);
+                    continue;
+                }
+                // Output pixel y * w + x reads input (y + ky - 1) * w + x + kx - 1: one
+                // contiguous copy over the valid rows; the column that wrapped around a row
+                // edge is zeroed afterwards.
+                let (lo, hi) = ((y0 - rows.start) * w, (y1 - rows.start) * w);
+                let src_lo = (y0 * w + ky * w + kx) as isize - (w + 1) as isize;
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                match kx {
+                    0 => {
+                        // the first pixel of a row has no left neighbour
+                        let s0 = (src_lo + 1) as usize;
+                        out[lo + 1..hi].copy_from_slice(&plane[s0..s0 + hi - lo - 1]);
+                        for y in (lo..hi).step_by(w) {
+                            out[y] = 0.0;
+                        }
+                    }
+                    1 => {
+                        let s0 = src_lo as usize;
+                        out[lo..hi].copy_from_slice(&plane[s0..s0 + hi - lo]);
+                    }
+                    _ => {
+                        // the last pixel of a row has no right neighbour
+                        let s0 = src_lo as usize;
+                        out[lo..hi - 1].copy_from_slice(&plane[s0..s0 + hi - lo - 1]);
+                        for y in (lo..hi).step_by(w) {
+                            out[y + w - 1] = 0.0;
+                        }
+                    }
                 }
             }
         }
@@ -335,11 +409,36 @@ mod tests {
     }
 
     #[test]
-    fn avg_pool_averages_each_2x2_window() {
-        // one channel, two images of 2x4
+    fn row_bands_of_im2col_tile_the_full_unfolding() {
+        let (c, h, w) = (2, 7, 5);
+        let x = pseudo_random(c * h * w, 5);
+        let mut full = vec![0.0; c * 9 * h * w];
+        im2col_3x3(&x, c, 1, h, w, &mut full);
+        for rows in [0..3, 3..7, 0..7, 6..7, 2..2] {
+            let len = rows.len() * w;
+            let mut band = vec![f32::NAN; c * 9 * len];
+            im2col_3x3_rows(&x, h * w, c, h, w, rows.clone(), &mut band, len);
+            for r in 0..c * 9 {
+                assert_eq!(
+                    band[r * len..(r + 1) * len],
+                    full[r * h * w + rows.start * w..r * h * w + rows.end * w],
+                    "row {r}, band {rows:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_averages_each_2x2_window_after_the_affine_relu() {
+        // one channel, two images of 2x4: relu(x - 1)
+        let f = AffineRelu {
+            scale: vec![1.0],
+            shift: vec![-1.0],
+        };
         let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let mut dst = [0.0f32; 4];
-        avg_pool_2x2(&src, 16, 1, 2, 2, 4, &mut dst);
-        assert_eq!(dst, [2.5, 4.5, 10.5, 12.5]);
+        f.apply_avg_pool_2x2(&src, 16, 2, 2, 4, &mut dst);
+        // first window: relu(-1), relu(0), relu(3), relu(4)
+        assert_eq!(dst, [7.0 / 4.0, 3.5, 9.5, 11.5]);
     }
 }
