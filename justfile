@@ -42,3 +42,9 @@ precompute *ARGS: setup build-release
 # The papers' 13 settings on the default cache: tables on stdout, JSON/CSV/plots in out/.
 eval *ARGS: build-release
     "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config {{config}} --json out/eval-cifar10-densenet100.json --csv out/eval-cifar10-densenet100.csv --plots out/plots-cifar10-densenet100 {{ARGS}}
+
+# Compile the GPU backends (needs the CUDA toolkit and network for burn-cuda's LLVM
+# bundle; libtorch from `pip install torch==2.9.0` for tch). Not run in CI.
+check-gpu:
+    cargo check -p posthoc --features cuda
+    LIBTORCH_USE_PYTORCH=1 cargo check -p posthoc --features tch

@@ -41,9 +41,10 @@ pub struct PrecomputeArgs {
     /// Images per forward batch (default: the config's, else 128).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Network threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    /// Where the network runs: `cpu` (fused CPU engine, all cores), `cpu:N` (N threads),
+    /// `flex` (burn's CPU backend), `cuda[:N]`, `tch-cuda[:N]`, `tch-cpu` (GPU builds only).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
     /// Checkpoint to use instead of the config's (e.g. a fine-tuned one).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -128,9 +129,7 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
     let net = FeatureExtractor::new(
         &net_config,
         &checkpoint,
-        ExtractorBackend::Cpu {
-            threads: args.threads,
-        },
+        args.backend.parse::<ExtractorBackend>()?,
     )
     .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
     let class_names = if model.class_names.is_empty() {
