@@ -8,6 +8,12 @@
 //! Python scalar `q` (numpy >= 2, NEP 50 weak promotion) that arithmetic runs in float32:
 //! `g` and `1 - g` (f64) are rounded to f32 and every product/sum is an f32 operation.
 //! Checked against numpy 2.4 on random data and on the fixture's ReAct threshold.
+//!
+//! [`percentile`] selects in O(n) on data in memory; [`percentile_sorted`] serves many `q`
+//! over sorted values; [`RadixSelect`] finds exact order statistics of a stream too large
+//! to hold (the ID-train activations).
+
+use std::cmp::Ordering;
 
 /// Number of points of the stored percentile grid `q = 0, 0.1, ..., 100`.
 pub const GRID_LEN: usize = 1001;
@@ -55,43 +61,125 @@ pub(crate) fn interpolation(n: u64, q: f64) -> Interpolation {
     }
 }
 
-/// numpy's float32 interpolation between the neighbours `a` and `b`.
-pub(crate) fn lerp_f32(a: f32, b: f32, gamma: f64) -> f32 {
-    let diff = b - a;
-    if gamma >= 0.5 {
-        b - diff * ((1.0 - gamma) as f32)
-    } else {
-        a + diff * (gamma as f32)
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A float type whose values numpy interpolates in that type (`f32`, `f64`).
+pub trait PercentileFloat: Copy + PartialOrd + sealed::Sealed {
+    /// True for NaN.
+    fn is_nan_value(self) -> bool;
+    /// numpy's `_lerp(a, b, g)` with a Python-float weight `g`, in `Self` arithmetic.
+    fn numpy_lerp(a: Self, b: Self, g: f64) -> Self;
+    /// A quiet NaN.
+    fn nan() -> Self;
+}
+
+impl PercentileFloat for f64 {
+    fn is_nan_value(self) -> bool {
+        self.is_nan()
+    }
+    fn numpy_lerp(a: f64, b: f64, g: f64) -> f64 {
+        let d = b - a;
+        if g >= 0.5 {
+            b - d * (1.0 - g)
+        } else {
+            a + d * g
+        }
+    }
+    fn nan() -> f64 {
+        f64::NAN
     }
 }
 
-/// numpy's float64 interpolation between the neighbours `a` and `b`.
-pub(crate) fn lerp_f64(a: f64, b: f64, gamma: f64) -> f64 {
-    let diff = b - a;
-    if gamma >= 0.5 {
-        b - diff * (1.0 - gamma)
-    } else {
-        a + diff * gamma
+impl PercentileFloat for f32 {
+    fn is_nan_value(self) -> bool {
+        self.is_nan()
+    }
+    fn numpy_lerp(a: f32, b: f32, g: f64) -> f32 {
+        let d = b - a;
+        if g >= 0.5 {
+            b - d * ((1.0 - g) as f32)
+        } else {
+            a + d * (g as f32)
+        }
+    }
+    fn nan() -> f32 {
+        f32::NAN
     }
 }
 
-/// `np.percentile(values, q)` for float32 `values` and a Python scalar `q` in [0, 100],
-/// bit for bit (float32 interpolation). Sorts a copy: for large data use the streaming
-/// statistics of [`crate::TrainStats`]. Values must be finite and not empty.
-pub fn numpy_percentile_f32(values: &[f32], q: f64) -> f32 {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable_by(f32::total_cmp);
-    let i = interpolation(sorted.len() as u64, q);
-    lerp_f32(sorted[i.lower as usize], sorted[i.upper as usize], i.gamma)
+/// numpy's neighbours `(i, g)` of percentile `q` of `n` values (see [`interpolation`]);
+/// `at_end` when both neighbours are the maximum.
+fn virtual_index(n: usize, q: f64) -> (usize, f64, bool) {
+    assert!(
+        (0.0..=100.0).contains(&q),
+        "percentile q = {q} outside [0, 100]"
+    );
+    let i = interpolation(n as u64, q);
+    (i.lower as usize, i.gamma, i.lower == i.upper)
 }
 
-/// `np.percentile(values, q)` for float64 `values`, bit for bit. Values must be finite
-/// and not empty.
-pub fn numpy_percentile_f64(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable_by(f64::total_cmp);
-    let i = interpolation(sorted.len() as u64, q);
-    lerp_f64(sorted[i.lower as usize], sorted[i.upper as usize], i.gamma)
+fn ascending<T: PartialOrd>(a: &T, b: &T) -> Ordering {
+    a.partial_cmp(b).unwrap_or(Ordering::Equal)
+}
+
+/// `np.percentile(data, q)` (linear), reordering `data` in place (O(n) selection).
+/// `None` when `data` is empty; NaN when it holds a NaN.
+///
+/// # Panics
+/// When `q` is outside `[0, 100]` (checked parameters never are).
+pub fn percentile<T: PercentileFloat>(data: &mut [T], q: f64) -> Option<T> {
+    if data.is_empty() {
+        return None;
+    }
+    let (i, g, at_end) = virtual_index(data.len(), q);
+    if data.iter().any(|x| x.is_nan_value()) {
+        return Some(T::nan());
+    }
+    if at_end {
+        let last = data
+            .iter()
+            .copied()
+            .reduce(|m, x| if x > m { x } else { m });
+        return last;
+    }
+    let (_, &mut a, above) = data.select_nth_unstable_by(i, ascending);
+    let b = above
+        .iter()
+        .copied()
+        .reduce(|m, x| if x < m { x } else { m })
+        .expect("v < n - 1 leaves a value above index i");
+    Some(T::numpy_lerp(a, b, g))
+}
+
+/// `np.percentile` (linear) of values already sorted ascending (no NaN); cheap for many
+/// `q` over the same values. `None` when `sorted` is empty.
+///
+/// # Panics
+/// When `q` is outside `[0, 100]`.
+pub fn percentile_sorted<T: PercentileFloat>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    debug_assert!(sorted.windows(2).all(|w| w[0] <= w[1]), "values not sorted");
+    let (i, g, at_end) = virtual_index(sorted.len(), q);
+    if at_end {
+        return sorted.last().copied();
+    }
+    Some(T::numpy_lerp(sorted[i], sorted[i + 1], g))
+}
+
+/// Sorts `data` ascending for [`percentile_sorted`]. `false` (and `data` untouched) when
+/// it holds a NaN, whose percentiles are all NaN.
+pub fn sort_for_percentiles<T: PercentileFloat>(data: &mut [T]) -> bool {
+    if data.iter().any(|x| x.is_nan_value()) {
+        return false;
+    }
+    data.sort_unstable_by(ascending);
+    true
 }
 
 /// Order-preserving u32 key of a finite f32 (`-0.0` maps to the key of `+0.0`).
@@ -306,6 +394,113 @@ fn locate(counts: &[u64], mut r: u64) -> (usize, u64) {
 mod tests {
     use super::*;
 
+    /// Values from numpy 2.4.6: `np.percentile(np.array(DATA, dtype), q)` with a
+    /// Python-number `q`.
+    const DATA: [f64; 7] = [0.3, -1.25, 7.0, 0.1, 2.5, 0.3, 11.0];
+
+    #[test]
+    fn linear_interpolation_f64_matches_numpy() {
+        let cases = [
+            (0.0, -1.25),
+            (10.0, -0.43999999999999995),
+            (25.0, 0.2),
+            (50.0, 0.3),
+            (62.5, 1.95),
+            (90.0, 8.600000000000001),
+            (100.0, 11.0),
+        ];
+        for (q, want) in cases {
+            let mut d = DATA.to_vec();
+            assert_eq!(percentile(&mut d, q), Some(want), "q = {q}");
+            let mut s = DATA.to_vec();
+            assert!(sort_for_percentiles(&mut s));
+            assert_eq!(percentile_sorted(&s, q), Some(want), "sorted, q = {q}");
+        }
+    }
+
+    #[test]
+    fn float32_interpolates_in_float32_like_numpy() {
+        // Cases where numpy's float32 result differs from the float64 interpolation
+        // rounded to float32 (found by search with numpy 2.4.6); both branches of the
+        // lerp (g >= 0.5 and g < 0.5).
+        let cases: [([f32; 5], f64, f32, f32); 3] = [
+            (
+                [
+                    0.073_190_07,
+                    0.257_803_1,
+                    0.763_128_5,
+                    0.697_893_56,
+                    0.128_673_21,
+                ],
+                37.6,
+                0.193_754_67,
+                0.193_754_69,
+            ),
+            (
+                [
+                    0.446_812_96,
+                    0.371_854_57,
+                    0.477_074,
+                    0.127_620_68,
+                    0.222_506_87,
+                ],
+                38.8,
+                0.304_946_78,
+                0.304_946_8,
+            ),
+            (
+                [5.217_626, 21.139_845, 13.782_278, 98.374_99, 0.274_714_77],
+                36.6,
+                9.191_624,
+                9.191_625,
+            ),
+        ];
+        for (data, q, numpy_f32, via_f64) in cases {
+            let mut d = data.to_vec();
+            let got = percentile(&mut d, q).unwrap();
+            assert_eq!(
+                got.to_bits(),
+                numpy_f32.to_bits(),
+                "q = {q}: {got} vs {numpy_f32}"
+            );
+            let mut d64: Vec<f64> = data.iter().map(|&x| f64::from(x)).collect();
+            let wide = percentile(&mut d64, q).unwrap() as f32;
+            assert_eq!(wide.to_bits(), via_f64.to_bits(), "q = {q}");
+            assert_ne!(got, wide);
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        assert_eq!(percentile::<f64>(&mut [], 50.0), None);
+        assert_eq!(percentile(&mut [4.0f64], 0.0), Some(4.0));
+        assert_eq!(percentile(&mut [4.0f64], 100.0), Some(4.0));
+        assert!(
+            percentile(&mut [1.0, f64::NAN, 2.0], 50.0)
+                .unwrap()
+                .is_nan()
+        );
+        let mut with_nan = [1.0f32, f32::NAN];
+        assert!(!sort_for_percentiles(&mut with_nan));
+        // Ties: the interpolation between equal neighbours is that value.
+        assert_eq!(percentile(&mut [1.0, 2.0, 2.0, 2.0, 3.0], 40.0), Some(2.0));
+    }
+
+    #[test]
+    fn selection_agrees_with_sorting_on_many_quantiles() {
+        let mut x: Vec<f64> = (0..1001)
+            .map(|i| ((i * 7919) % 1013) as f64 * 0.37 - 50.0)
+            .collect();
+        let mut sorted = x.clone();
+        assert!(sort_for_percentiles(&mut sorted));
+        for k in 0..=200 {
+            let q = k as f64 * 0.5;
+            let a = percentile(&mut x, q).unwrap();
+            let b = percentile_sorted(&sorted, q).unwrap();
+            assert_eq!(a.to_bits(), b.to_bits(), "q = {q}");
+        }
+    }
+
     /// Values and expected results printed by numpy 2.4.6:
     /// `np.percentile(a, q)` and `np.percentile(a.astype(np.float64), q)`.
     #[test]
@@ -322,8 +517,12 @@ mod tests {
             (100.0, 2.25, 2.25),
         ];
         for (q, e32, e64) in cases {
-            assert_eq!(f64::from(numpy_percentile_f32(&a, q)), e32, "q = {q}");
-            assert_eq!(numpy_percentile_f64(&a64, q), e64, "q = {q}");
+            assert_eq!(
+                f64::from(percentile(&mut a.clone(), q).unwrap()),
+                e32,
+                "q = {q}"
+            );
+            assert_eq!(percentile(&mut a64.clone(), q).unwrap(), e64, "q = {q}");
         }
     }
 

@@ -16,7 +16,7 @@ use ndarray::{Array1, Array2};
 
 use crate::error::{CacheError, Result};
 use crate::manifest::{FileEntry, PERCENTILES_FILE, Role, STATS_FILE};
-use crate::percentile::{self, RadixSelect};
+use crate::percentile::{self, PercentileFloat, RadixSelect};
 use crate::schema::{self, col};
 
 /// Footer key of the percentile file: number of activation values (N x m).
@@ -187,7 +187,7 @@ pub(crate) fn compute_train_stats(
     }
     let numpy_f32 = interp
         .iter()
-        .map(|i| percentile::lerp_f32(select.value(i.lower), select.value(i.upper), i.gamma))
+        .map(|i| f32::numpy_lerp(select.value(i.lower), select.value(i.upper), i.gamma))
         .collect();
     let numpy_f64 = interp
         .iter()
@@ -196,7 +196,7 @@ pub(crate) fn compute_train_stats(
                 f64::from(select.value(i.lower)),
                 f64::from(select.value(i.upper)),
             );
-            percentile::lerp_f64(a, b, i.gamma)
+            f64::numpy_lerp(a, b, i.gamma)
         })
         .collect();
 
@@ -607,7 +607,7 @@ mod tests {
         for (k, &q) in s.activation_percentiles.q.iter().enumerate() {
             assert_eq!(
                 s.activation_percentiles.numpy_f32[k],
-                percentile::numpy_percentile_f32(&values, q)
+                percentile::percentile(&mut values.clone(), q).expect("non-empty")
             );
         }
         assert_eq!(s.activation_percentiles.num_zeros, 1);

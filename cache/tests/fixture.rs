@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ndarray::{Array1, Array2};
 use ndarray_npy::read_npy;
-use posthoc_cache::percentile::numpy_percentile_f64;
+use posthoc_cache::percentile::percentile;
 use posthoc_cache::{CacheError, FeatureCache, ImportOptions, Role, import_npy, verify};
 
 fn options() -> ImportOptions {
@@ -120,13 +120,13 @@ fn import_of_posthoc_small_reproduces_the_reference_statistics() {
     // The stored contributions give the reference DICE and LINe thresholds.
     let v: Vec<f64> = stats.dice_contribution.iter().copied().collect();
     for p in ["50", "70", "90"] {
-        let t = numpy_percentile_f64(&v, p.parse().unwrap());
+        let t = percentile(&mut v.clone(), p.parse().unwrap()).unwrap();
         let want = expected["dice_thresholds"][p].as_f64().unwrap();
         assert!(rel_close(t, want, 1e-12), "DICE p{p}: {t} vs {want}");
     }
     for c in 0..10 {
         let s: Vec<f64> = stats.line_contribution.row(c).to_vec();
-        let t = numpy_percentile_f64(&s, 90.0);
+        let t = percentile(&mut s.clone(), 90.0).unwrap();
         let want = expected["line"]["a_thresholds"][c].as_f64().unwrap();
         assert!(rel_close(t, want, 1e-12), "LINe A class {c}: {t} vs {want}");
     }

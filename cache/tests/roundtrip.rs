@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use ndarray::{Array2, Axis};
-use posthoc_cache::percentile::{numpy_percentile_f32, numpy_percentile_f64};
+use posthoc_cache::percentile::percentile;
 use posthoc_cache::{CacheError, FeatureCache, Role, SplitData, merge, verify};
 
 fn concat(batches: Vec<SplitData>) -> SplitData {
@@ -105,8 +105,16 @@ fn statistics_match_a_direct_computation() {
     );
     assert!(p.num_zeros > 0);
     for (k, &q) in p.q.iter().enumerate() {
-        assert_eq!(p.numpy_f32[k], numpy_percentile_f32(&flat, q), "q = {q}");
-        assert_eq!(p.numpy_f64[k], numpy_percentile_f64(&flat64, q), "q = {q}");
+        assert_eq!(
+            p.numpy_f32[k],
+            percentile(&mut flat.clone(), q).unwrap(),
+            "q = {q}"
+        );
+        assert_eq!(
+            p.numpy_f64[k],
+            percentile(&mut flat64.clone(), q).unwrap(),
+            "q = {q}"
+        );
     }
     // Cross-entropy and accuracy of the cached logits.
     let mut ce = 0.0;

@@ -11,7 +11,7 @@ use posthoc::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate};
 use posthoc::eval::sweep::{MethodName, Setting, SweepSpec, SweepValues};
 use posthoc::eval::{Convention, EvalError, Head64};
 use posthoc::report::{self, EvalRow};
-use posthoc_cache::{FeatureCache, SplitData, TrainStats};
+use posthoc_cache::{FeatureCache, SplitData, TrainStats, percentile};
 use rayon::prelude::*;
 use tracing::info;
 
@@ -251,12 +251,19 @@ fn train_percentile_fn<'a>(
                 "percentile off the stored grid: reading the ID-train features"
             );
             let split = cache.split(&name).map_err(|e| e.to_string())?;
-            Ok(split.features.into_raw_vec_and_offset().0)
+            let mut values = split.features.into_raw_vec_and_offset().0;
+            if !percentile::sort_for_percentiles(&mut values) {
+                return Err("the ID-train features hold NaN".to_owned());
+            }
+            Ok(values)
         });
         match values {
-            Ok(v) => Ok(f64::from(posthoc_cache::percentile::numpy_percentile_f32(
-                v, q,
-            ))),
+            Ok(v) => percentile::percentile_sorted(v, q)
+                .map(f64::from)
+                .ok_or_else(|| EvalError::TrainPercentile {
+                    q,
+                    reason: "the ID-train split is empty".to_owned(),
+                }),
             Err(e) => Err(EvalError::TrainPercentile {
                 q,
                 reason: e.clone(),

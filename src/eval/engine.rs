@@ -359,9 +359,10 @@ pub fn evaluate(
     let dice_heads: Vec<Option<Head64>> = (0..plan.dice.len())
         .into_par_iter()
         .map(|i| {
-            let used = plan.passes.iter().any(
-                |p| matches!(p, Pass::Linear { head: LinearHead::Dice(j), .. } if *j == i),
-            );
+            let used = plan
+                .passes
+                .iter()
+                .any(|p| matches!(p, Pass::Linear { head: LinearHead::Dice(j), .. } if *j == i));
             used.then(|| plan.dice[i].apply(inputs.head))
         })
         .collect();

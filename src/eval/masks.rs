@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::EvalError;
 use super::head::Head64;
 use super::params::{LinePercentile, Sparsity};
-use super::percentile::{percentile, percentile_sorted, sort_for_percentiles};
+use posthoc_cache::percentile::{percentile, percentile_sorted, sort_for_percentiles};
 
 fn check_dim(what: &'static str, expected: usize, found: usize) -> Result<(), EvalError> {
     if expected == found {

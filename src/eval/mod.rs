@@ -11,7 +11,6 @@ pub mod head;
 pub mod masks;
 pub mod metrics;
 pub mod params;
-pub mod percentile;
 pub mod scores;
 pub mod sweep;
 
@@ -20,7 +19,7 @@ pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
 pub use metrics::{Convention, Metrics, id_accuracy, metrics, roc_curve};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
-pub use percentile::{percentile, percentile_sorted};
+pub use posthoc_cache::percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
 
 /// Errors of the evaluate stage.
