@@ -48,3 +48,19 @@ eval *ARGS: build-release
 check-gpu:
     cargo check -p posthoc --features cuda
     LIBTORCH_USE_PYTORCH=1 cargo check -p posthoc --features tch
+
+# Forward throughput of our DenseNet (fused CPU engine; burn flex) next to PyTorch CPU
+# (contiguous and channels_last) at batch 64 and 128, in one run; makes its own venv
+# (.venv-bench-torch: torch from PyPI, several GB on first use).
+bench-precompute:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    ckpt="$(pwd)/../shared/data/checkpoints/dice-densenet100/cifar10/checkpoint_100.pth.tar"
+    [ -f "$ckpt" ] || { echo "bench-precompute: $ckpt not found"; exit 1; }
+    if [ ! -x .venv-bench-torch/bin/python ]; then
+      python3 -m venv .venv-bench-torch
+      .venv-bench-torch/bin/pip install -q torch==2.15.0 numpy
+    fi
+    cargo build --release -p posthoc-pipeline --example forward_speed
+    python3 bench/run_forward_bench.py --python .venv-bench-torch/bin/python \
+      --example "${CARGO_TARGET_DIR:-target}/release/examples/forward_speed" --checkpoint "$ckpt"
