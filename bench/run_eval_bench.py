@@ -52,15 +52,52 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def run_child(cmd, stdout_path, stderr_path, env=None):
-    """Runs cmd; returns (exit code, wall s, peak RSS bytes, user+sys CPU s)."""
+class RssSampler:
+    """Samples VmRSS of a running process every `period` seconds (for --rss-timeline)."""
+
+    def __init__(self, pid, period=0.02):
+        import threading
+
+        self.pid, self.period, self.samples = pid, period, []
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        path = f"/proc/{self.pid}/status"
+        while not self._stop.is_set():
+            try:
+                with open(path) as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.samples.append((time.perf_counter() - self.t0, int(line.split()[1]) * 1024))
+                            break
+            except OSError:
+                return
+            self._stop.wait(self.period)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, t0, t1):
+        inside = [rss for t, rss in self.samples if t0 <= t < t1]
+        return max(inside) if inside else None
+
+
+def run_child(cmd, stdout_path, stderr_path, env=None, sample_rss=False):
+    """Runs cmd; returns (exit code, wall s, peak RSS bytes, user+sys CPU s, RssSampler or None)."""
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         t = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
+        sampler = RssSampler(p.pid) if sample_rss else None
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
+        if sampler:
+            sampler.stop()
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, wall, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime
+    return p.returncode, wall, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime, sampler
 
 
 def ensure_synthetic(args, shape, posthoc_version):
@@ -188,13 +225,20 @@ def run_case(args, name, cache, eval_args, reps, workdir):
             base = [*(ours_cmd if side == "posthoc" else np_cmd), "--json", json_path]
             so = os.path.join(workdir, f"{name}-{side}-{rep}.stdout")
             se = os.path.join(workdir, f"{name}-{side}-{rep}.stderr")
-            code, wall, rss, cpu = run_child(base, so, se)
+            code, wall, rss, cpu, sampler = run_child(base, so, se, sample_rss=args.rss_timeline and side == "posthoc")
             if code != 0:
                 with open(se, errors="replace") as f:
                     tail = f.read()[-3000:]
                 raise RuntimeError(f"[{name}] {side} failed (exit {code}): {' '.join(base)}\n{tail}")
             phases = parse_posthoc_phases(se) if side == "posthoc" else parse_numpy_phases(se)
             runs[side].append({"wall_s": wall, "peak_rss": rss, "cpu_s": cpu, "phases": phases})
+            if sampler and phases:
+                bounds = [0.0] + [phases[k] for k in ("cache read", "scored", "done") if k in phases] + [wall]
+                names = ["until cache read", "scoring + metrics", "report", "exit"]
+                peaks = {n: sampler.peak_between(a, b) for n, a, b in zip(names, bounds, bounds[1:])}
+                runs[side][-1]["rss_by_phase"] = peaks
+                log(f"[{name}] posthoc peak RSS by phase (sampled every 20 ms): "
+                    + ", ".join(f"{n} {mib(v)}" for n, v in peaks.items() if v))
             outs[side] = json_path
             log(f"[{name}] rep {rep + 1}/{reps} {side:7s} {wall:8.3f}s  rss {rss / 2**20:7.1f} MiB  cpu {cpu:7.2f}s  {phases}")
             loads.append(os.getloadavg()[0])
@@ -224,8 +268,8 @@ def run_case(args, name, cache, eval_args, reps, workdir):
     if name in args.recompute_check.split(","):
         json_path = os.path.join(workdir, f"{name}-numpy-recompute.json")
         se = os.path.join(workdir, f"{name}-numpy-recompute.stderr")
-        code, wall, rss, _ = run_child(np_cmd + ["--stats", "recompute", "--json", json_path],
-                                       os.devnull, se)
+        code, wall, rss, _, _ = run_child(np_cmd + ["--stats", "recompute", "--json", json_path],
+                                          os.devnull, se)
         if code != 0:
             raise RuntimeError(f"[{name}] numpy --stats recompute failed, see {se}")
         d, _ = compare(outs["posthoc"], json_path, args.tolerance)
@@ -278,6 +322,8 @@ def main():
                     help="cases (comma separated, or 'none') that get one extra, untimed-for-the-ratio numpy run "
                          "with the statistics recomputed from id_train instead of read from the cache")
     ap.add_argument("--results", help="write all measurements as JSON here")
+    ap.add_argument("--rss-timeline", action="store_true",
+                    help="sample posthoc's RSS every 20 ms and report the peak of each logged phase")
     args = ap.parse_args()
     args.posthoc = os.path.abspath(args.posthoc)
     version = subprocess.run([args.posthoc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
