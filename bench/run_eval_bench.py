@@ -317,6 +317,7 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0, help="row-count factor of synthetic caches (trials)")
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--synthetic-cifar", action="store_true", help=f"ignore a real {REAL_CIFAR}")
+    ap.add_argument("--cifar-cache", help=f"use this cache for the cifar case (default: {REAL_CIFAR} if present)")
     ap.add_argument("--tolerance", type=float, default=1e-6)
     ap.add_argument("--recompute-check", default="cifar",
                     help="cases (comma separated, or 'none') that get one extra, untimed-for-the-ratio numpy run "
@@ -335,10 +336,12 @@ def main():
     try:
         for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
             if case == "cifar":
-                real = os.path.join(ROOT, REAL_CIFAR)
+                real = os.path.abspath(args.cifar_cache) if args.cifar_cache else os.path.join(ROOT, REAL_CIFAR)
+                if args.cifar_cache and not os.path.exists(os.path.join(real, "manifest.json")):
+                    raise SystemExit(f"--cifar-cache {args.cifar_cache}: no manifest.json there")
                 if not args.synthetic_cifar and os.path.exists(os.path.join(real, "manifest.json")):
                     cache = real
-                    log(f"[cifar] using the real cache {REAL_CIFAR}")
+                    log(f"[cifar] using the cache {real}")
                 else:
                     cache = ensure_synthetic(args, "cifar", version)
                 results.append(run_case(args, "cifar", cache, ["--config", CONFIG], args.reps, workdir))
