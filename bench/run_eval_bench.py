@@ -12,8 +12,8 @@ Cases:
             (m = 2048, C = 1000; 50,000 ID test + 4 OOD sets of 10,000; 20,000 ID train).
 
 Synthetic caches are generated once (bench/make_synthetic.py, then `posthoc cache
-import-npy`) under .bench/ and reused while the generator, its arguments and the posthoc
-version stay the same.
+import-npy`) under .bench/ and reused while the generator, its arguments, the posthoc
+version and the cache writer's sources (cache/src/{schema,writer,import}.rs) stay the same.
 
 Each side runs as a child process, end to end (interpreter start and imports, cache read,
 scores, metrics, JSON written); wall time from fork to exit, peak RSS and CPU time from
@@ -111,6 +111,12 @@ def ensure_synthetic(args, shape, posthoc_version):
         "scale": args.scale,
         "seed": args.seed,
         "posthoc": posthoc_version,
+        # The on-disk encoding is decided by these files: regenerate when they change.
+        "cache_writer_sha256": {
+            f: sha256_of(os.path.join(ROOT, "cache", "src", f))
+            for f in ("schema.rs", "writer.rs", "import.rs")
+            if os.path.exists(os.path.join(ROOT, "cache", "src", f))
+        },
     }
     if os.path.exists(os.path.join(cache, "manifest.json")) and os.path.exists(stamp_path):
         with open(stamp_path) as f:
