@@ -64,3 +64,20 @@ bench-precompute:
     cargo build --release -p posthoc-pipeline --example forward_speed
     python3 bench/run_forward_bench.py --python .venv-bench-torch/bin/python \
       --example "${CARGO_TARGET_DIR:-target}/release/examples/forward_speed" --checkpoint "$ckpt"
+
+# Measured in one run, each next to the same computation in numpy: (a) the default config's 13
+# settings on a CIFAR-size cache (the real out/cifar10-densenet100 if present, else synthetic),
+# (b) a DICE p = 10..90 sweep on a synthetic ImageNet-size cache. Fails when the two sides
+# disagree (> 1e-6). Synthetic caches are made once under .bench/. Extra arguments go to
+# bench/run_eval_bench.py, e.g. `just bench-eval --cases cifar --reps 5`.
+bench-eval *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
+    .venv-bench/bin/pip install --quiet numpy==2.4.6 scikit-learn==1.9.1 pyarrow==26.0.1
+    # The path of the binary this build produced (the target dir may be shared), copied at once.
+    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
+        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
+    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
+    echo "load: $(uptime)"
+    .venv-bench/bin/python bench/run_eval_bench.py --posthoc .bench/bin/posthoc --python .venv-bench/bin/python {{ARGS}}
