@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn cross_entropy_matches_the_hand_computed_mean() {
-        let device = Device::flex();
+        let device = Device::flex().autodiff();
         let (z, y) = batch(&device);
         let ce = crate::model::tensor_values(cross_entropy(z, y))[0];
         assert!((f64::from(ce) - MEAN_CE).abs() < 1e-6, "{ce}");

@@ -13,8 +13,10 @@
 //! - [`tensors`]: safetensors files (export and training checkpoints), written atomically.
 //! - [`train`]: the training loop with checkpoints and exact resume.
 //! - [`estimate`]: the repository's `estimate_loss.py` procedure.
+//! - [`config`]: the `[um]` config section and its checks.
 //! - [`rng`]: counter-based random numbers keyed by seed, epoch and position.
 
+pub mod config;
 pub mod data;
 pub mod estimate;
 pub mod loss;

@@ -518,3 +518,16 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), UmError> {
     }
     write_atomic(path, out.as_bytes())
 }
+
+/// The training device of the CLI: burn's `flex` CPU backend with autodiff.
+pub fn cpu_training_device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Loads the pretrained network of a run (`[um] pretrained`) on burn's CPU device.
+pub fn load_pretrained(
+    config: &crate::model::DenseNetConfig,
+    path: &Path,
+) -> Result<crate::checkpoint::LoadedDenseNet, UmError> {
+    Ok(crate::checkpoint::load_densenet(config, path, &Device::flex())?)
+}
