@@ -117,7 +117,10 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
         command: "um",
     };
     let model = config.model.clone().ok_or_else(|| missing("model"))?;
-    let pre = config.preprocess.clone().ok_or_else(|| missing("preprocess"))?;
+    let pre = config
+        .preprocess
+        .clone()
+        .ok_or_else(|| missing("preprocess"))?;
     let data = config.data.clone().ok_or_else(|| missing("data"))?;
     let table = config.um.clone().ok_or_else(|| missing("um"))?;
     let mut um: UmSection = table
@@ -218,7 +221,10 @@ fn estimate(args: EstimateArgs) -> anyhow::Result<()> {
             &l.um.out.join("estimate-model.safetensors"),
             progress(),
         )?;
-        info!(seconds = format!("{:.1}", t.elapsed().as_secs_f64()), "estimate pass done");
+        info!(
+            seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+            "estimate pass done"
+        );
         result.repository = Some(r);
     }
     if let Some(cache) = &l.um.estimate.cache {

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::UmError;
 use super::estimate::{Estimate, EstimateSettings};
 use super::loss::UmLoss;
 use super::mask::KeepFraction;
 use super::net::{BatchNormMode, NetSpec, Variant};
 use super::optim::{CosineSchedule, Sgd};
 use super::train::TrainSettings;
-use super::UmError;
 
 /// Where the loss constraint `UM` comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,13 +70,19 @@ impl ConstraintSource {
             "estimate" => read()?.repository.map(|r| r.mean_ce).ok_or_else(|| {
                 UmError::config(
                     "um.constraint",
-                    format!("{} has no repository-style estimate", estimate_file.display()),
+                    format!(
+                        "{} has no repository-style estimate",
+                        estimate_file.display()
+                    ),
                 )
             }),
             "cache" => read()?.cache.map(|c| c.mean_ce).ok_or_else(|| {
                 UmError::config(
                     "um.constraint",
-                    format!("{} has no cache figure ([um.estimate] cache)", estimate_file.display()),
+                    format!(
+                        "{} has no cache figure ([um.estimate] cache)",
+                        estimate_file.display()
+                    ),
                 )
             }),
             other => Err(UmError::config(
@@ -243,7 +249,10 @@ impl UmSection {
             ));
         }
         if self.batch_size == 0 {
-            return Err(UmError::config("um.batch_size", "must be at least 1".into()));
+            return Err(UmError::config(
+                "um.batch_size",
+                "must be at least 1".into(),
+            ));
         }
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
             return Err(UmError::config(
@@ -288,34 +297,60 @@ mod tests {
     fn defaults_are_the_repository_configs() {
         let s: UmSection = toml::from_str("pretrained = \"a.pth\"\nout = \"o\"\n").unwrap();
         assert_eq!(s.variant, Variant::Um);
-        assert_eq!((s.epochs, s.batch_size, s.lr, s.momentum), (100, 256, 0.1, 0.9));
+        assert_eq!(
+            (s.epochs, s.batch_size, s.lr, s.momentum),
+            (100, 256, 0.1, 0.9)
+        );
         assert_eq!((s.weight_decay, s.dropout, s.prune_rate), (1e-4, 0.3, 0.8));
         assert_eq!(s.estimate.prune_rate, 0.965);
         assert_eq!(s.estimate.batch_norm, BatchNormMode::NonAffine);
         let t = s.train_settings(0.25).unwrap();
         assert_eq!(t.loss.constraint(), 0.25);
         assert_eq!(t.schedule.lr(0), 0.1);
-        let bad: Result<UmSection, _> = toml::from_str("pretrained = \"a\"\nout = \"o\"\nlrate = 1\n");
+        let bad: Result<UmSection, _> =
+            toml::from_str("pretrained = \"a\"\nout = \"o\"\nlrate = 1\n");
         assert!(bad.unwrap_err().to_string().contains("lrate"));
         let mut s2 = s.clone();
         s2.lr_policy = "step".into();
-        assert!(s2.train_settings(0.0).unwrap_err().to_string().contains("lr_policy"));
+        assert!(
+            s2.train_settings(0.0)
+                .unwrap_err()
+                .to_string()
+                .contains("lr_policy")
+        );
     }
 
     #[test]
     fn constraint_sources_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("estimate.json");
-        assert_eq!(ConstraintSource::parse("0.5").unwrap().resolve(&f).unwrap(), 0.5);
-        let err = ConstraintSource::parse("estimate").unwrap().resolve(&f).unwrap_err();
+        assert_eq!(
+            ConstraintSource::parse("0.5").unwrap().resolve(&f).unwrap(),
+            0.5
+        );
+        let err = ConstraintSource::parse("estimate")
+            .unwrap()
+            .resolve(&f)
+            .unwrap_err();
         assert!(err.to_string().contains("posthoc um estimate"), "{err}");
         std::fs::write(
             &f,
             r#"{"repository": null, "cache": {"cache": "c", "mean_ce": 0.3, "accuracy": 0.9, "images": 5}}"#,
         )
         .unwrap();
-        assert_eq!(ConstraintSource::parse("cache").unwrap().resolve(&f).unwrap(), 0.3);
-        assert!(ConstraintSource::parse("estimate").unwrap().resolve(&f).is_err());
+        assert_eq!(
+            ConstraintSource::parse("cache")
+                .unwrap()
+                .resolve(&f)
+                .unwrap(),
+            0.3
+        );
+        assert!(
+            ConstraintSource::parse("estimate")
+                .unwrap()
+                .resolve(&f)
+                .is_err()
+        );
         assert!(ConstraintSource::parse("x").is_err());
     }
 }

@@ -20,11 +20,11 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use super::UmError;
 use super::data::TrainImages;
 use super::mask::KeepFraction;
 use super::net::{BatchNormMode, NetSpec, UmNet, Variant};
 use super::train::export;
-use super::UmError;
 use crate::checkpoint::load_densenet;
 use crate::data::Preprocess;
 use crate::extractor::{ExtractorBackend, FeatureExtractor};
@@ -104,7 +104,10 @@ pub fn estimate_repository(
     progress: bool,
 ) -> Result<RepositoryEstimate, UmError> {
     if settings.batch_size == 0 {
-        return Err(UmError::config("estimate.batch_size", "must be at least 1".into()));
+        return Err(UmError::config(
+            "estimate.batch_size",
+            "must be at least 1".into(),
+        ));
     }
     let spec = NetSpec {
         variant: Variant::Umap,
@@ -120,7 +123,11 @@ pub fn estimate_repository(
         pruned += mask.iter().filter(|&&m| m == 0.0).count();
         total += mask.len();
     }
-    export(&net, folded, &serde_json::json!({"estimate": format!("{settings:?}")}))?;
+    export(
+        &net,
+        folded,
+        &serde_json::json!({"estimate": format!("{settings:?}")}),
+    )?;
     let device = match &backend {
         ExtractorBackend::Cpu { .. } => Device::flex(),
         ExtractorBackend::Burn(device) => device.clone(),
@@ -135,8 +142,10 @@ pub fn estimate_repository(
     let bar = progress.then(|| {
         let b = ProgressBar::new(images.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
         );
         b
     });
@@ -179,7 +188,11 @@ pub fn sample_ce(z: &[f32], y: usize) -> (f64, usize) {
         }
     }
     let m = f64::from(z[top]);
-    let lse = m + z.iter().map(|v| (f64::from(*v) - m).exp()).sum::<f64>().ln();
+    let lse = m + z
+        .iter()
+        .map(|v| (f64::from(*v) - m).exp())
+        .sum::<f64>()
+        .ln();
     (lse - f64::from(z[y]), top)
 }
 

@@ -529,5 +529,9 @@ pub fn load_pretrained(
     config: &crate::model::DenseNetConfig,
     path: &Path,
 ) -> Result<crate::checkpoint::LoadedDenseNet, UmError> {
-    Ok(crate::checkpoint::load_densenet(config, path, &Device::flex())?)
+    Ok(crate::checkpoint::load_densenet(
+        config,
+        path,
+        &Device::flex(),
+    )?)
 }
