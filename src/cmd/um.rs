@@ -40,7 +40,8 @@ pub struct Common {
     /// Only a random subset of N training images (seeded by `um.seed`).
     #[arg(long)]
     limit: Option<usize>,
-    /// Run folder (default: `um.out`).
+    /// Run folder (default: `um.out`); `train` reads the constraint from its `estimate.json`,
+    /// else from `um.out`/estimate.json.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -100,6 +101,8 @@ pub fn run(cmd: UmCommand) -> anyhow::Result<()> {
 /// What both subcommands read from the config.
 struct Loaded {
     config_path: PathBuf,
+    /// `estimate.json` of the config's own `um.out` (before `--out`).
+    config_estimate_file: PathBuf,
     config: ExperimentConfig,
     um: UmSection,
     net: DenseNetConfig,
@@ -126,6 +129,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     let mut um: UmSection = table
         .try_into()
         .with_context(|| format!("{}: [um]", path.display()))?;
+    let config_estimate_file = um.estimate_file();
     if let Some(out) = &common.out {
         um.out = out.clone();
     }
@@ -150,6 +154,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     };
     Ok(Loaded {
         config_path: path.clone(),
+        config_estimate_file,
         net: DenseNetConfig {
             depth: model.depth,
             growth_rate: model.growth_rate,
@@ -303,7 +308,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(c) = &args.constraint {
         l.um.constraint = ConstraintSource::parse(c)?;
     }
-    let um_value = l.um.constraint.resolve(&l.um.estimate_file())?;
+    // The run folder's estimate, else the one of the config's run folder.
+    let estimate_file = if l.um.estimate_file().exists() {
+        l.um.estimate_file()
+    } else {
+        l.config_estimate_file.clone()
+    };
+    let um_value = l.um.constraint.resolve(&estimate_file)?;
     let settings = l.um.train_settings(um_value)?;
     info!(
         variant = %l.um.variant,
