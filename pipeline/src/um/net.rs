@@ -705,3 +705,162 @@ impl Run<'_> {
         h.matmul(w.transpose()) + b
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DenseNetConfig;
+    use crate::um::UmLoss;
+    use crate::um::optim::{CosineSchedule, Sgd, SgdState};
+    use crate::um::train::{TrainSettings, train_step};
+
+    fn tiny(variant: Variant, batch_norm: BatchNormMode) -> (UmNet, TrainSettings) {
+        let config = DenseNetConfig {
+            depth: 10,
+            growth_rate: 4,
+            reduction: 0.5,
+            bottleneck: true,
+            num_classes: 3,
+            dropout: 0.0,
+        };
+        let plan = config.plan().unwrap();
+        let model = DenseNet::from_plan(&plan, &Device::flex());
+        let spec = NetSpec {
+            variant,
+            batch_norm,
+            dropout: 0.2,
+            keep: KeepFraction::new(0.8).unwrap(),
+        };
+        let net = UmNet::from_densenet(&model, &plan, spec, 1).unwrap();
+        let settings = TrainSettings {
+            net: spec,
+            loss: UmLoss::new(1.0, 0.0).unwrap(),
+            schedule: CosineSchedule::new(0.1, 1, 0).unwrap(),
+            sgd: Sgd::new(0.9, 1e-4).unwrap(),
+            batch_size: 4,
+            seed: 1,
+            augment: false,
+            checkpoint_every: 0,
+        };
+        (net, settings)
+    }
+
+    fn step(net: &mut UmNet, settings: &TrainSettings) {
+        let pixels: Vec<f32> = (0..4 * 3 * 32 * 32)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let mut opt = SgdState::default();
+        let r = train_step(
+            net,
+            settings,
+            &mut opt,
+            0.1,
+            &pixels,
+            &[0, 1, 2, 1],
+            StreamKey::new(9),
+            &Device::flex().autodiff(),
+        );
+        assert!(r.loss.is_finite());
+        assert_eq!(opt.momentum.len(), net.trainable_keys().len());
+    }
+
+    fn changed(before: &UmNet, after: &UmNet) -> Vec<String> {
+        before
+            .entries()
+            .iter()
+            .zip(after.entries())
+            .filter(|(a, b)| a.values != b.values)
+            .map(|(a, _)| a.key.clone())
+            .collect()
+    }
+
+    /// UMAP trains the scores only: weights, gamma/beta and the head bias stay, the
+    /// effective weights are `W * m` with exactly `int(0.2 n)` zeros per layer.
+    #[test]
+    fn umap_step_moves_scores_not_weights() {
+        let (mut net, settings) = tiny(Variant::Umap, BatchNormMode::FrozenAffine);
+        let before = net.clone();
+        step(&mut net, &settings);
+        let moved = changed(&before, &net);
+        assert!(moved.iter().any(|k| k.ends_with(".scores")));
+        assert!(
+            moved
+                .iter()
+                .all(|k| k.ends_with(".scores") || k.contains("running_")),
+            "{moved:?}"
+        );
+        assert_eq!(
+            net.trainable_keys().len(),
+            net.entries()
+                .iter()
+                .filter(|e| e.key.ends_with(".scores"))
+                .count()
+        );
+        for e in net.effective_state() {
+            if e.key.ends_with(".weight") && (e.key.contains("conv") || e.key.starts_with("fc.")) {
+                let zeros = e.values.iter().filter(|v| **v == 0.0).count();
+                assert_eq!(
+                    zeros,
+                    KeepFraction::new(0.8).unwrap().pruned_count(e.values.len()),
+                    "{}",
+                    e.key
+                );
+            }
+        }
+    }
+
+    /// UM trains convolution/linear weights and the head bias; gamma/beta move only with
+    /// affine BatchNorm; non-affine sets them to 1 / 0.
+    #[test]
+    fn um_step_trains_weights_and_respects_the_batch_norm_mode() {
+        for bn in [
+            BatchNormMode::FrozenAffine,
+            BatchNormMode::Affine,
+            BatchNormMode::NonAffine,
+        ] {
+            let (mut net, settings) = tiny(Variant::Um, bn);
+            if bn == BatchNormMode::NonAffine {
+                assert!(
+                    net.entry("bn1.weight")
+                        .unwrap()
+                        .values
+                        .iter()
+                        .all(|v| *v == 1.0)
+                );
+                assert!(
+                    net.entry("bn1.bias")
+                        .unwrap()
+                        .values
+                        .iter()
+                        .all(|v| *v == 0.0)
+                );
+            }
+            let before = net.clone();
+            step(&mut net, &settings);
+            let moved = changed(&before, &net);
+            assert!(
+                moved.contains(&"conv1.weight".to_string())
+                    && moved.contains(&"fc.bias".to_string())
+            );
+            let bn_moved = moved.iter().any(|k| is_bn_param(k));
+            assert_eq!(bn_moved, bn == BatchNormMode::Affine, "{bn}: {moved:?}");
+        }
+    }
+
+    #[test]
+    fn key_classes() {
+        assert!(is_masked_weight("block1.layer.0.conv2.weight"));
+        assert!(is_masked_weight("fc.weight"));
+        assert!(!is_masked_weight("fc.bias"));
+        assert!(!is_masked_weight("block1.layer.0.bn1.weight"));
+        assert!(is_bn_param("block1.layer.0.bn1.weight") && is_bn_param("bn1.bias"));
+        assert!(!is_bn_param("bn1.running_mean") && !is_bn_param("conv1.weight"));
+        assert_eq!(scores_key("trans1.conv1.weight"), "trans1.conv1.scores");
+        assert_eq!("umap".parse::<Variant>().unwrap(), Variant::Umap);
+        assert!("x".parse::<Variant>().is_err());
+        assert_eq!(
+            "frozen-affine".parse::<BatchNormMode>().unwrap(),
+            BatchNormMode::FrozenAffine
+        );
+    }
+}
