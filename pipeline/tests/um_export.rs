@@ -19,9 +19,14 @@ fn images() -> Option<Vec<f32>> {
     let root = common::shared_path("data/cifar10/test-lossless-first1000")?;
     let pre = Preprocess::cifar_dice();
     let mut px = vec![0.0f32; 4 * 3072];
-    for (i, p) in ["cat/0000.png", "ship/0000.png", "ship/0001.png", "airplane/0000.png"]
-        .iter()
-        .enumerate()
+    for (i, p) in [
+        "cat/0000.png",
+        "ship/0000.png",
+        "ship/0001.png",
+        "airplane/0000.png",
+    ]
+    .iter()
+    .enumerate()
     {
         let path = root.join(p);
         let img = decode_rgb(&std::fs::read(&path).unwrap(), &path).unwrap();
@@ -53,21 +58,33 @@ fn exported_networks_load_and_compute_what_they_trained() {
             keep: KeepFraction::new(0.8).unwrap(),
         };
         let net = UmNet::from_densenet(&loaded.model, &loaded.plan, spec, 3).unwrap();
-        let x = Tensor::<4>::from_data(TensorData::new(px.clone(), [4, 3, 32, 32]), &Device::flex());
+        let x =
+            Tensor::<4>::from_data(TensorData::new(px.clone(), [4, 3, 32, 32]), &Device::flex());
         let want = tensor_values(net.forward(x.clone(), Pass::Eval).logits);
 
         let path = dir.path().join(format!("{variant}-{bn}.safetensors"));
         export(&net, &path, &serde_json::json!({})).unwrap();
         let file = TensorFile::read(&path).unwrap();
-        assert_eq!(file.tensors.len(), 497, "state dict without counters or scores");
+        assert_eq!(
+            file.tensors.len(),
+            497,
+            "state dict without counters or scores"
+        );
         assert!(file.tensors.contains_key("block1.layer.0.bn1.weight"));
         if variant == Variant::Umap {
             // int(0.2 * 648) = 129 of conv1's weights are zero (none are zero in the checkpoint).
-            let zeros = file.tensors["conv1.weight"].1.iter().filter(|v| **v == 0.0).count();
+            let zeros = file.tensors["conv1.weight"]
+                .1
+                .iter()
+                .filter(|v| **v == 0.0)
+                .count();
             assert_eq!(zeros, 129);
         }
         let gamma = &file.tensors["bn1.weight"].1;
-        assert_eq!(bn == BatchNormMode::NonAffine, gamma.iter().all(|g| *g == 1.0));
+        assert_eq!(
+            bn == BatchNormMode::NonAffine,
+            gamma.iter().all(|g| *g == 1.0)
+        );
 
         let reloaded = load_densenet(&config, &path, &Device::flex()).unwrap();
         assert_eq!(reloaded.info.tensors_loaded, 497);
@@ -87,7 +104,10 @@ fn exported_networks_load_and_compute_what_they_trained() {
             // Dropping the checkpoint's gamma/beta ("non-affine") leaves running statistics
             // that no longer fit the activations: logits reach 1e8, so the bound is relative.
             let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            assert!(d <= 1e-4 * scale, "{variant} {bn} {name}: max |diff| {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * scale,
+                "{variant} {bn} {name}: max |diff| {d} (scale {scale})"
+            );
         }
     }
 
