@@ -60,6 +60,9 @@ pub struct EstimateArgs {
     /// Skip the repository-style pass (only read the cache figure).
     #[arg(long)]
     cache_only: bool,
+    /// Evaluate the un-augmented training images (the repository augments).
+    #[arg(long)]
+    no_augment: bool,
 }
 
 /// `posthoc um train` arguments.
@@ -202,6 +205,9 @@ fn estimate(args: EstimateArgs) -> anyhow::Result<()> {
     let mut l = load(&args.common)?;
     if let Some(bn) = &args.batch_norm {
         l.um.estimate.batch_norm = bn.parse::<BatchNormMode>()?;
+    }
+    if args.no_augment {
+        l.um.estimate.augment = false;
     }
     let estimate_file = l.um.estimate_file();
     let mut result = Estimate {

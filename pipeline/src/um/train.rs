@@ -266,13 +266,30 @@ impl TrainRun<'_> {
                     images_per_second: positions.len() as f64 / dt,
                 };
                 write_row(&mut log, &row).map_err(UmError::io(self.out.join(LOSS_FILE)))?;
-                tracing::debug!(
-                    epoch,
-                    iteration = it,
-                    loss = step.loss,
-                    ce = step.cross_entropy,
-                    "step"
-                );
+                // Without a progress bar, about ten progress lines per epoch.
+                let log_every = (per_epoch / 10).max(1);
+                if bar.is_none() && ((it + 1) % log_every == 0 || it + 1 == per_epoch) {
+                    tracing::info!(
+                        epoch = epoch + 1,
+                        iteration = it + 1,
+                        of = per_epoch,
+                        loss = format!("{:.4}", loss_sum / seen as f64),
+                        accuracy = format!("{:.4}", correct as f64 / seen as f64),
+                        images_per_second = format!(
+                            "{:.2}",
+                            images_done as f64 / started.elapsed().as_secs_f64()
+                        ),
+                        "training"
+                    );
+                } else {
+                    tracing::debug!(
+                        epoch,
+                        iteration = it,
+                        loss = step.loss,
+                        ce = step.cross_entropy,
+                        "step"
+                    );
+                }
                 if let Some(bar) = &bar {
                     bar.set_message(format!(
                         "epoch {}/{epochs} loss {:.4} acc {:.1}% {:.1} img/s",
