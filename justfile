@@ -81,3 +81,19 @@ bench-eval *ARGS:
     mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
     echo "load: $(uptime)"
     .venv-bench/bin/python bench/run_eval_bench.py --posthoc .bench/bin/posthoc --python .venv-bench/bin/python {{ARGS}}
+
+# Unleashing Mask: the pretrained cache (for the plain constraint and the comparison), the
+# loss constraint, fine-tuning (ARGS go to `um train`, e.g. `--limit 5000 --epochs 1`,
+# `--resume`), the fine-tuned network's cache, and both evaluated.
+um um_config="configs/cifar10-densenet100-um.toml" *ARGS: setup build-release
+    #!/usr/bin/env bash
+    set -euo pipefail
+    bin="${CARGO_TARGET_DIR:-target}/release/posthoc"
+    "$bin" precompute --config {{config}}
+    "$bin" um estimate --config {{um_config}}
+    "$bin" um train --config {{um_config}} {{ARGS}}
+    "$bin" precompute --config {{um_config}}
+    echo "== pretrained ({{config}})"
+    "$bin" eval --config {{um_config}} --cache "$(sed -n 's/^out = "\(.*\)"/\1/p' {{config}} | head -1)"
+    echo "== fine-tuned ({{um_config}})"
+    "$bin" eval --config {{um_config}}

@@ -1,5 +1,6 @@
 //! The `posthoc` command line: `eval` scores a feature cache, `cache` inspects, verifies,
-//! imports and merges caches, `precompute` writes one from images.
+//! imports and merges caches, `precompute` writes one from images, `um` fine-tunes a
+//! network with Unleashing Mask.
 
 mod cmd;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Inspect, verify, import or merge feature caches.
     #[command(subcommand)]
     Cache(cmd::cache::CacheCommand),
+    /// Unleashing-Mask fine-tuning (UM / UMAP) and its loss constraint.
+    #[command(subcommand)]
+    Um(cmd::um::UmCommand),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Cache(c) => cmd::cache::run(c),
         Command::Precompute(args) => cmd::precompute::run(args),
+        Command::Um(c) => cmd::um::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
-//! Loading the papers' PyTorch DenseNet checkpoints (`torch.save` files) into [`DenseNet`].
+//! Loading the papers' PyTorch DenseNet checkpoints (`torch.save` files) and fine-tuned
+//! state dicts (`.safetensors` with PyTorch key names, as `posthoc um train` exports them)
+//! into [`DenseNet`].
 //!
-//! The state dict is read with burn's PyTorch reader (`burn-store`). Before any tensor is
+//! The state dict is read with burn's PyTorch or safetensors reader (`burn-store`). Before any tensor is
 //! applied, every key and shape of the file is checked against the state dict the model
 //! needs ([`densenet_state_dict_layout`], PyTorch naming), so a wrong checkpoint fails with
 //! the missing keys, the unexpected keys and the mismatched shapes named.
@@ -10,7 +12,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use burn::store::{ModuleSnapshot, ModuleStore, PytorchStore};
+use burn::store::{
+    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 use burn::tensor::Device;
 use sha2::{Digest, Sha256};
 
@@ -228,14 +232,44 @@ pub fn load_densenet(
     load_densenet_with_key(config, path, Some(STATE_DICT_KEY), device)
 }
 
+/// Whether `path` names a safetensors file (extension `.safetensors`).
+pub fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
 /// Like [`load_densenet`]; `state_dict_key` names the entry of the saved dict holding the
-/// state dict, `None` when the file is the state dict itself.
+/// state dict, `None` when the file is the state dict itself. A `.safetensors` file is a
+/// flat state dict in PyTorch naming (the key is not used); it gets the same key and shape
+/// checks.
 pub fn load_densenet_with_key(
     config: &DenseNetConfig,
     path: &Path,
     state_dict_key: Option<&str>,
     device: &Device,
 ) -> Result<LoadedDenseNet, PipelineError> {
+    if is_safetensors(path) {
+        let store = SafetensorsStore::from_file(path)
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .allow_partial(false);
+        return load_densenet_from_store(config, path, store, device);
+    }
+    let mut store = PytorchStore::from_file(path).allow_partial(false);
+    if let Some(key) = state_dict_key {
+        store = store.with_top_level_key(key);
+    }
+    load_densenet_from_store(config, path, store, device)
+}
+
+/// Checks the keys and shapes `store` holds against the model's state dict, then loads it.
+fn load_densenet_from_store<S: ModuleStore>(
+    config: &DenseNetConfig,
+    path: &Path,
+    mut store: S,
+    device: &Device,
+) -> Result<LoadedDenseNet, PipelineError>
+where
+    S::Error: std::fmt::Display,
+{
     let plan = config.plan()?;
     let (sha256, bytes) = file_sha256(path)?;
     let parse = |message: String| CheckpointError::Parse {
@@ -243,10 +277,6 @@ pub fn load_densenet_with_key(
         message,
     };
 
-    let mut store = PytorchStore::from_file(path).allow_partial(false);
-    if let Some(key) = state_dict_key {
-        store = store.with_top_level_key(key);
-    }
     let found: BTreeMap<String, Vec<usize>> = store
         .get_all_tensors()
         .map_err(|e| parse(e.to_string()))?

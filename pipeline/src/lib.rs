@@ -12,6 +12,8 @@
 //! - [`data`]: image sets (ImageFolder, tar shards), Pillow-exact decoding and
 //!   preprocessing, and the ordered parallel loader.
 //! - [`precompute`]: the driver writing (and resuming) the feature cache.
+//! - [`um`]: Unleashing-Mask fine-tuning (UM, UMAP), the loss-constraint estimate and the
+//!   safetensors export precompute reads.
 
 pub mod checkpoint;
 pub mod data;
@@ -19,5 +21,6 @@ pub mod error;
 pub mod extractor;
 pub mod model;
 pub mod precompute;
+pub mod um;
 
 pub use error::{CheckpointError, ModelConfigError, PipelineError, ShapeMismatch};

@@ -4,3 +4,4 @@ pub mod cache;
 pub mod eval;
 pub mod plots;
 pub mod precompute;
+pub mod um;
