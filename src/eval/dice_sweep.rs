@@ -1,119 +1,356 @@
 //! DICE sweeps in one pass over the features. DICE masks of one `mu` and head are
 //! nested (`p < p'` keeps a superset), so with the masks ordered from most to fewest
 //! kept weights, `M_0 ⊇ M_1 ⊇ ... ⊇ M_K`, each is a sum of disjoint bands
-//! `D_l = M_l \ M_{l+1}` (`D_K = M_K`): `(W * M_l) x = sum_{j >= l} (W * D_j) x`. The
-//! pass computes the sparse band products from the innermost band outwards and reads
-//! the logits of every mask off the running sum, touching each kept weight once per
-//! row instead of once per mask.
+//! `D_l = M_l \ M_{l+1}` (`D_K = M_K`): `(W * M_l) x = sum_{j >= l} (W * D_j) x`.
+//!
+//! [`NestedDice`] stores each class row `c` of the head as its kept weights ordered by
+//! band, innermost band first. For a tile of [`LANES`] samples, the pass walks the
+//! weights of class `c` once, accumulating `sum_j W[c, i_j] x[i_j]` for all samples of
+//! the tile at once, and at the end of band `l` the running sum is logit `c` of mask
+//! `M_l` for every sample. Each kept weight is touched once per tile instead of once
+//! per mask. Energies and argmaxes are then reduced over classes for all samples of
+//! the tile at once (one vector lane per sample).
 
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 use super::EvalError;
-use super::head::{Head64, argmax, energy_of};
+use super::expsum::exp_poly;
+use super::head::Head64;
 use super::masks::DiceMask;
 use super::params::ClipValue;
 use super::scores::Scored;
 
-/// Samples per kernel tile: the accumulators of one class row of a band (8 AVX-512
-/// registers).
+/// Samples per tile: the accumulators of one class are `LANES` values.
 const LANES: usize = 64;
-
-/// Features per chunk: a chunk of the transposed tile (`CHUNK x LANES` values, 32 KiB)
-/// stays in L1 while every class row of a band passes over it.
+/// Features per chunk: the chunk of the transposed tile (`CHUNK x LANES` values) stays in
+/// L1 while every class row of a band passes over it.
 const CHUNK: usize = 64;
 
-/// One band `W * D` in compressed rows, split by feature chunk: segment
-/// `s = chunk * C + c` holds the weights `val[ptr[s]..ptr[s + 1]]` of class `c` at the
-/// feature indices `idx[ptr[s]..ptr[s + 1]]` (all in that chunk).
-struct Band {
-    ptr: Vec<usize>,
+/// `LANES` values aligned to a cache line: one feature of a tile's samples, or one
+/// logit of them.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Lanes([f64; LANES]);
+
+impl Lanes {
+    const ZERO: Lanes = Lanes([0.0; LANES]);
+}
+
+/// Nested DICE masks of one head, laid out for [`NestedDice::score`]: band by band
+/// (innermost first), chunk by chunk, the non-empty class segments of the band sorted
+/// by length (so that the loop over a segment ends predictably).
+pub struct NestedDice {
+    /// Mask indices (into the caller's list) from most to fewest kept weights.
+    order: Vec<usize>,
+    classes: usize,
+    width: usize,
+    /// `band_chunks[band * chunks + q]`: end (in segments) of chunk `q` of band `band`
+    /// (bands counted from the innermost).
+    chunk_ends: Vec<usize>,
+    /// Class and end (in `idx` / `val`) of each segment.
+    seg_class: Vec<u32>,
+    seg_end: Vec<usize>,
     idx: Vec<u32>,
     val: Vec<f64>,
+    bias: Vec<f64>,
 }
 
-impl Band {
-    /// The weights of `head` kept by `keep(c, i)`.
-    fn new(head: &Head64, keep: impl Fn(usize, usize) -> bool) -> Self {
-        let w = head.weights();
-        let mut band = Band {
-            ptr: vec![0],
-            idx: Vec::new(),
-            val: Vec::new(),
-        };
-        for start in (0..head.width()).step_by(CHUNK) {
-            let chunk = start..(start + CHUNK).min(head.width());
-            for (c, row) in w.outer_iter().enumerate() {
-                for i in chunk.clone().filter(|&i| keep(c, i)) {
-                    band.idx
-                        .push(u32::try_from(i).expect("feature width fits u32"));
-                    band.val.push(row[i]);
-                }
-                band.ptr.push(band.idx.len());
+impl NestedDice {
+    /// The layout of `masks` (nested, as [`DiceMask::sweep`] builds them) on `head`.
+    pub fn new(head: &Head64, masks: &[DiceMask]) -> Result<Self, EvalError> {
+        for mask in masks {
+            head.check_shape("DICE mask (C x m) vs head", mask.mask().dim())?;
+        }
+        let order = nested_order(masks)?;
+        let (classes, width, k) = (head.classes(), head.width(), masks.len());
+        let mut level = vec![0u8; classes * width];
+        for mask in masks {
+            for (l, &keep) in level.iter_mut().zip(mask.mask()) {
+                *l += u8::from(keep);
             }
         }
-        band
-    }
-}
-
-/// `acc[j] += sum_k val[k] * xt[idx[k]][j]` over one class row of a band (`xt`: the
-/// block's features transposed, `LANES` samples per feature).
-#[inline(always)]
-fn row_times_tile<const FUSED: bool>(idx: &[u32], val: &[f64], xt: &[f64], acc: &mut [f64; LANES]) {
-    // A local copy keeps the accumulators in registers across the loop.
-    let mut sum = *acc;
-    for (&i, &w) in idx.iter().zip(val) {
-        let x: &[f64; LANES] = xt[i as usize * LANES..][..LANES]
-            .try_into()
-            .expect("a tile row has LANES values");
-        for (a, &x) in sum.iter_mut().zip(x) {
-            *a = if FUSED { w.mul_add(x, *a) } else { *a + w * x };
+        let mut nested = NestedDice {
+            order,
+            classes,
+            width,
+            chunk_ends: Vec::new(),
+            seg_class: Vec::new(),
+            seg_end: Vec::new(),
+            idx: Vec::new(),
+            val: Vec::new(),
+            bias: head.bias().to_vec(),
+        };
+        let w = head.weights();
+        for band in (1..=k).rev() {
+            for q in (0..width).step_by(CHUNK) {
+                let chunk = q..(q + CHUNK).min(width);
+                let mut segs: Vec<(usize, usize)> = (0..classes)
+                    .map(|c| {
+                        let n = level[c * width..][chunk.clone()]
+                            .iter()
+                            .filter(|&&l| usize::from(l) == band)
+                            .count();
+                        (n, c)
+                    })
+                    .filter(|&(n, _)| n > 0)
+                    .collect();
+                segs.sort_unstable();
+                for (_, c) in segs {
+                    for i in chunk.clone() {
+                        if usize::from(level[c * width + i]) == band {
+                            nested.idx.push((i - q) as u32);
+                            nested.val.push(w[[c, i]]);
+                        }
+                    }
+                    nested.seg_class.push(c as u32);
+                    nested.seg_end.push(nested.idx.len());
+                }
+                nested.chunk_ends.push(nested.seg_class.len());
+            }
         }
+        Ok(nested)
     }
-    *acc = sum;
-}
 
-/// `zsum[c] += (band row c) . xt` for every class (`zsum`: `C x LANES`), one feature
-/// chunk at a time.
-#[inline(always)]
-fn band_times_tile<const FUSED: bool>(band: &Band, xt: &[f64], zsum: &mut [f64]) {
-    let classes = zsum.len() / LANES;
-    for (s, segment) in band.ptr.windows(2).enumerate() {
-        let c = s % classes;
-        let acc: &mut [f64; LANES] = (&mut zsum[c * LANES..(c + 1) * LANES])
-            .try_into()
-            .expect("LANES accumulators");
-        let (a, b) = (segment[0], segment[1]);
-        row_times_tile::<FUSED>(&band.idx[a..b], &band.val[a..b], xt, acc);
+    /// DICE (energy, T = 1) of every mask: `energy((W * M) min(h, c) + b)` (no clip when
+    /// `clip` is `None`), one [`Scored`] per mask in the order given to [`NestedDice::new`].
+    pub fn score(
+        &self,
+        features: ArrayView2<f32>,
+        clip: Option<ClipValue>,
+    ) -> Result<Vec<Scored>, EvalError> {
+        if features.ncols() != self.width {
+            return Err(EvalError::Shape {
+                what: "feature columns vs head width m",
+                expected: self.width,
+                found: features.ncols(),
+            });
+        }
+        let (n, k) = (features.nrows(), self.order.len());
+        let clip = clip.map(ClipValue::get);
+        let tiles: Vec<TileResult> = (0..n.div_ceil(LANES))
+            .into_par_iter()
+            .map_init(
+                || TileBuffers::new(self.width, k * self.classes),
+                |buffers, tile| {
+                    let rows = tile * LANES..((tile + 1) * LANES).min(n);
+                    self.score_tile_dispatch(features, rows, clip, buffers)
+                },
+            )
+            .collect();
+        let mut out: Vec<Scored> = (0..k)
+            .map(|_| Scored {
+                scores: Vec::with_capacity(n),
+                predicted: Vec::with_capacity(n),
+            })
+            .collect();
+        for (tile, t) in tiles.iter().enumerate() {
+            let rows = LANES.min(n - tile * LANES);
+            for (band, &mask) in self.order.iter().enumerate() {
+                out[mask]
+                    .scores
+                    .extend_from_slice(&t.energy[band].0[..rows]);
+                out[mask]
+                    .predicted
+                    .extend(t.argmax[band][..rows].iter().map(|&c| c as usize));
+            }
+        }
+        Ok(out)
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn band_times_tile_avx512(band: &Band, xt: &[f64], zsum: &mut [f64]) {
-    band_times_tile::<true>(band, xt, zsum);
-}
+    /// [`NestedDice::score_tile`] with the widest vector instructions this CPU has.
+    fn score_tile_dispatch(
+        &self,
+        features: ArrayView2<f32>,
+        rows: std::ops::Range<usize>,
+        clip: Option<f64>,
+        buffers: &mut TileBuffers,
+    ) -> TileResult {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected at run time.
+                return unsafe { self.score_tile_avx512(features, rows, clip, buffers) };
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the features were detected at run time.
+                return unsafe { self.score_tile_avx2(features, rows, clip, buffers) };
+            }
+        }
+        self.score_tile::<false>(features, rows, clip, buffers)
+    }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn band_times_tile_avx2(band: &Band, xt: &[f64], zsum: &mut [f64]) {
-    band_times_tile::<true>(band, xt, zsum);
-}
-
-/// [`band_times_tile`] with the widest vector instructions this CPU has.
-fn band_times_tile_dispatch(band: &Band, xt: &[f64], zsum: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { band_times_tile_avx512(band, xt, zsum) };
+    #[target_feature(enable = "avx512f,fma")]
+    fn score_tile_avx512(
+        &self,
+        features: ArrayView2<f32>,
+        rows: std::ops::Range<usize>,
+        clip: Option<f64>,
+        buffers: &mut TileBuffers,
+    ) -> TileResult {
+        self.score_tile::<true>(features, rows, clip, buffers)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn score_tile_avx2(
+        &self,
+        features: ArrayView2<f32>,
+        rows: std::ops::Range<usize>,
+        clip: Option<f64>,
+        buffers: &mut TileBuffers,
+    ) -> TileResult {
+        self.score_tile::<true>(features, rows, clip, buffers)
+    }
+
+    /// Energies and argmaxes of every mask for the samples `rows` (at most `LANES`).
+    #[inline(always)]
+    fn score_tile<const FUSED: bool>(
+        &self,
+        features: ArrayView2<f32>,
+        rows: std::ops::Range<usize>,
+        clip: Option<f64>,
+        buffers: &mut TileBuffers,
+    ) -> TileResult {
+        let TileBuffers { xt, logits } = buffers;
+        transpose_clipped(features, rows, clip, xt);
+        let k = self.order.len();
+        let chunks = self.width.div_ceil(CHUNK);
+        let zsum = &mut logits[..self.classes];
+        zsum.fill(Lanes::ZERO);
+        let mut result = TileResult {
+            energy: vec![Lanes::ZERO; k],
+            argmax: vec![[0; LANES]; k],
+        };
+        let (mut seg, mut e) = (0, 0);
+        for from_inner in 0..k {
+            let band = k - 1 - from_inner;
+            for q in 0..chunks {
+                let xq = &xt[q * CHUNK..((q + 1) * CHUNK).min(self.width)];
+                let seg_end = self.chunk_ends[from_inner * chunks + q];
+                for s in seg..seg_end {
+                    let c = self.seg_class[s] as usize;
+                    let end = self.seg_end[s];
+                    segment_times_tile::<FUSED>(
+                        &self.idx[e..end],
+                        &self.val[e..end],
+                        xq,
+                        &mut zsum[c],
+                    );
+                    e = end;
+                }
+                seg = seg_end;
+            }
+            (result.energy[band], result.argmax[band]) = energy_argmax::<FUSED>(zsum, &self.bias);
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { band_times_tile_avx2(band, xt, zsum) };
+        result
+    }
+}
+
+/// Per-thread scratch of the sweep: a tile's features transposed (`m` x [`Lanes`]) and
+/// the logits of every mask (`K * C` x [`Lanes`], mask-major).
+struct TileBuffers {
+    xt: Vec<Lanes>,
+    logits: Vec<Lanes>,
+}
+
+impl TileBuffers {
+    fn new(width: usize, logit_rows: usize) -> Self {
+        TileBuffers {
+            xt: vec![Lanes::ZERO; width],
+            logits: vec![Lanes::ZERO; logit_rows],
         }
     }
-    band_times_tile::<false>(band, xt, zsum);
+}
+
+/// Energies and predicted classes of one tile, per band (mask in nested order).
+struct TileResult {
+    energy: Vec<Lanes>,
+    argmax: Vec<[u32; LANES]>,
+}
+
+/// `xt[i][j] = min(h[rows[j], i], clip)` in `f64` (no clip when `None`); lanes past the
+/// last row are 0.
+fn transpose_clipped(
+    features: ArrayView2<f32>,
+    rows: std::ops::Range<usize>,
+    clip: Option<f64>,
+    xt: &mut [Lanes],
+) {
+    if rows.len() < LANES {
+        xt.fill(Lanes::ZERO);
+    }
+    for (j, r) in rows.enumerate() {
+        for (x, &h) in xt.iter_mut().zip(features.row(r)) {
+            let v = f64::from(h);
+            x.0[j] = match clip {
+                Some(c) if v > c => c,
+                _ => v,
+            };
+        }
+    }
+}
+
+/// `acc[j] += sum_e val[e] * xq[idx[e]][j]` over one segment.
+#[inline(always)]
+fn segment_times_tile<const FUSED: bool>(idx: &[u32], val: &[f64], xq: &[Lanes], acc: &mut Lanes) {
+    let mut sum = acc.0;
+    for (&i, &w) in idx.iter().zip(val) {
+        let x = &xq[i as usize].0;
+        for j in 0..LANES {
+            sum[j] = if FUSED {
+                w.mul_add(x[j], sum[j])
+            } else {
+                sum[j] + w * x[j]
+            };
+        }
+    }
+    acc.0 = sum;
+}
+
+/// Per lane `j`: with `z_c = logits[c][j] + bias[c]`, the energy
+/// `logsumexp_c z_c = max z + ln sum_c exp(z_c - max z)` and `argmax_c z_c` (ties to the
+/// lowest class; a NaN max or an infinite one is the energy itself, as in
+/// [`energy_of`](super::head::energy_of)).
+// Index loops over the lanes are what the compiler vectorises (one lane per sample).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn energy_argmax<const FUSED: bool>(logits: &[Lanes], bias: &[f64]) -> (Lanes, [u32; LANES]) {
+    let mut max = Lanes([f64::NEG_INFINITY; LANES]);
+    let mut best = [0.0; LANES];
+    let mut arg = [0u32; LANES];
+    for (c, (z, &b)) in logits.iter().zip(bias).enumerate() {
+        for j in 0..LANES {
+            let v = z.0[j] + b;
+            // max_of: NaN propagates; argmax: strictly greater wins, NaN never does
+            // (except at class 0, where it stays).
+            max.0[j] = if v > max.0[j] || v.is_nan() {
+                v
+            } else {
+                max.0[j]
+            };
+            let better = c == 0 || v > best[j];
+            best[j] = if better { v } else { best[j] };
+            arg[j] = if better { c as u32 } else { arg[j] };
+        }
+    }
+    let mut sum = [0.0; LANES];
+    for (z, &b) in logits.iter().zip(bias) {
+        for j in 0..LANES {
+            sum[j] += exp_poly::<FUSED>(z.0[j] + b - max.0[j]);
+        }
+    }
+    let mut energy = Lanes::ZERO;
+    for j in 0..LANES {
+        let m = max.0[j];
+        energy.0[j] = if m == f64::INFINITY || m.is_nan() {
+            m
+        } else {
+            m + sum[j].ln()
+        };
+    }
+    (energy, arg)
 }
 
 /// Masks ordered from most to fewest kept weights; an error unless nested.
@@ -136,7 +373,7 @@ fn nested_order(masks: &[DiceMask]) -> Result<Vec<usize>, EvalError> {
 /// them) in one pass: `energy((W * M) min(h, c) + b)` (no clip when `clip` is `None`),
 /// one [`Scored`] per mask in the order given. Equal to calling
 /// [`dice`](super::scores::dice) / [`dice_react`](super::scores::dice_react) per mask up
-/// to rounding.
+/// to rounding. Build a [`NestedDice`] once to score several sets.
 pub fn dice_sweep(
     features: ArrayView2<f32>,
     head: &Head64,
@@ -144,72 +381,7 @@ pub fn dice_sweep(
     clip: Option<ClipValue>,
 ) -> Result<Vec<Scored>, EvalError> {
     head.check_features(features)?;
-    for mask in masks {
-        head.check_shape("DICE mask (C x m) vs head", mask.mask().dim())?;
-    }
-    let order = nested_order(masks)?;
-    let bands: Vec<Band> = order
-        .iter()
-        .enumerate()
-        .map(|(l, &k)| {
-            let here = masks[k].mask();
-            let next = order.get(l + 1).map(|&k| masks[k].mask());
-            Band::new(head, |c, i| {
-                here[[c, i]] && !next.is_some_and(|n| n[[c, i]])
-            })
-        })
-        .collect();
-
-    let (n, m, classes) = (features.nrows(), head.width(), head.classes());
-    let bias = head.bias();
-    let clip = clip.map(ClipValue::get);
-    let tiles: Vec<Vec<Vec<(f64, usize)>>> = (0..n.div_ceil(LANES))
-        .into_par_iter()
-        .map(|tile| {
-            let rows = tile * LANES..((tile + 1) * LANES).min(n);
-            let mut xt = vec![0.0; m * LANES];
-            for (j, r) in rows.clone().enumerate() {
-                for (i, &h) in features.row(r).iter().enumerate() {
-                    let v = f64::from(h);
-                    xt[i * LANES + j] = match clip {
-                        Some(c) if v > c => c,
-                        _ => v,
-                    };
-                }
-            }
-            let mut zsum = vec![0.0; classes * LANES];
-            let mut z = ndarray::Array1::<f64>::zeros(classes);
-            let mut per_mask = vec![Vec::new(); masks.len()];
-            for (band, &k) in bands.iter().zip(&order).rev() {
-                band_times_tile_dispatch(band, &xt, &mut zsum);
-                per_mask[k] = (0..rows.len())
-                    .map(|j| {
-                        for (c, zc) in z.iter_mut().enumerate() {
-                            *zc = zsum[c * LANES + j] + bias[c];
-                        }
-                        (energy_of(z.view(), 1.0), argmax(z.view()))
-                    })
-                    .collect();
-            }
-            per_mask
-        })
-        .collect();
-
-    let mut out: Vec<Scored> = (0..masks.len())
-        .map(|_| Scored {
-            scores: Vec::with_capacity(n),
-            predicted: Vec::with_capacity(n),
-        })
-        .collect();
-    for tile in tiles {
-        for (scored, rows) in out.iter_mut().zip(tile) {
-            for (s, k) in rows {
-                scored.scores.push(s);
-                scored.predicted.push(k);
-            }
-        }
-    }
-    Ok(out)
+    NestedDice::new(head, masks)?.score(features, clip)
 }
 
 #[cfg(test)]

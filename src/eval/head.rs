@@ -4,10 +4,13 @@
 //! of 256 through a GEMM, in parallel over blocks, so the `N x C` logits of a
 //! whole set never exist at once.
 
+use std::borrow::Cow;
+
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
 use super::EvalError;
+use super::expsum::sum_exp;
 use super::params::{ClipValue, Temperature};
 use super::scores::Scored;
 
@@ -143,6 +146,14 @@ fn max_of(z: ArrayView1<f64>) -> f64 {
     )
 }
 
+/// The values of `z` as one slice (copied only when `z` is strided).
+fn contiguous<'a>(z: ArrayView1<'a, f64>) -> Cow<'a, [f64]> {
+    match z.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(z.to_vec()),
+    }
+}
+
 /// `T * logsumexp(z / T)`, shifted by `max z` for range safety.
 pub(crate) fn energy_of(z: ArrayView1<f64>, t: f64) -> f64 {
     let zmax = max_of(z);
@@ -150,14 +161,24 @@ pub(crate) fn energy_of(z: ArrayView1<f64>, t: f64) -> f64 {
         return zmax;
     }
     let scaled_max = zmax / t;
-    let sum: f64 = z.iter().map(|&v| (v / t - scaled_max).exp()).sum();
+    let z = contiguous(z);
+    let sum = if t == 1.0 {
+        sum_exp(&z, |v| v - scaled_max)
+    } else {
+        sum_exp(&z, |v| v / t - scaled_max)
+    };
     t * (scaled_max + sum.ln())
 }
 
 /// `max softmax(z / T) = 1 / sum_j exp((z_j - max z) / T)`.
 fn max_softmax(z: ArrayView1<f64>, t: f64) -> f64 {
     let zmax = max_of(z);
-    let sum: f64 = z.iter().map(|&v| ((v - zmax) / t).exp()).sum();
+    let z = contiguous(z);
+    let sum = if t == 1.0 {
+        sum_exp(&z, |v| v - zmax)
+    } else {
+        sum_exp(&z, |v| (v - zmax) / t)
+    };
     1.0 / sum
 }
 

@@ -7,6 +7,7 @@
 
 pub mod dice_sweep;
 pub mod engine;
+mod expsum;
 pub mod head;
 pub mod masks;
 pub mod metrics;
