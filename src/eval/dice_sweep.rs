@@ -126,6 +126,8 @@ impl NestedDice {
                 found: features.ncols(),
             });
         }
+        let features = features.as_standard_layout();
+        let features = features.view();
         let (n, k) = (features.nrows(), self.order.len());
         let clip = clip.map(ClipValue::get);
         let tiles: Vec<TileResult> = (0..n.div_ceil(LANES))
@@ -281,13 +283,21 @@ fn transpose_clipped(
     if rows.len() < LANES {
         xt.fill(Lanes::ZERO);
     }
-    for (j, r) in rows.enumerate() {
-        for (x, &h) in xt.iter_mut().zip(features.row(r)) {
-            let v = f64::from(h);
-            x.0[j] = match clip {
-                Some(c) if v > c => c,
-                _ => v,
-            };
+    // Feature-outer: the tile's rows (at most 64 x m floats) stay in L1 while each
+    // `xt[i]` is written whole, once.
+    let tile: Vec<&[f32]> = rows
+        .map(|r| {
+            features
+                .row(r)
+                .to_slice()
+                .expect("standard-layout features")
+        })
+        .collect();
+    let c = clip.unwrap_or(f64::INFINITY);
+    for (i, x) in xt.iter_mut().enumerate() {
+        for (lane, row) in x.0.iter_mut().zip(&tile) {
+            let v = f64::from(row[i]);
+            *lane = if v > c { c } else { v };
         }
     }
 }

@@ -17,7 +17,7 @@ use super::EvalError;
 use super::dice_sweep::dice_sweep;
 use super::head::{Head64, LogitScore, logit_scores};
 use super::masks::{DiceMask, HimplosMask, LineMasks};
-use super::metrics::{Convention, Metrics, id_accuracy, metrics};
+use super::metrics::{Convention, Metrics, SortedScores, id_accuracy, metrics_sorted};
 use super::params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 use super::scores::{self, Scored};
 use super::sweep::Setting;
@@ -393,10 +393,14 @@ pub fn evaluate(
         .zip(per_setting)
         .zip(&plan.clips)
         .map(|((setting, (id, ood)), clip)| {
+            let id_sorted = SortedScores::new("ID scores", &id.scores)?;
             let metrics = ood
                 .par_iter()
-                .map(|o| metrics(&id.scores, &o.scores, convention))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|o| {
+                    let ood_sorted = SortedScores::new("OOD scores", &o.scores)?;
+                    Ok(metrics_sorted(&id_sorted, &ood_sorted, convention))
+                })
+                .collect::<Result<Vec<_>, EvalError>>()?;
             Ok(Evaluation {
                 setting: *setting,
                 params: setting.params_json(*clip),

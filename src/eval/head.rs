@@ -195,15 +195,15 @@ pub fn argmax(z: ArrayView1<f64>) -> usize {
 
 /// `x = min(h, c)` elementwise in `f64` (NaN stays NaN); `x = h` without a clip.
 pub(crate) fn cast_clipped(h: ArrayView1<f32>, clip: Option<ClipValue>, mut x: ArrayViewMut1<f64>) {
-    match clip {
-        None => x.zip_mut_with(&h, |x, &h| *x = f64::from(h)),
-        Some(c) => {
-            let c = c.get();
-            x.zip_mut_with(&h, |x, &h| {
-                let v = f64::from(h);
-                *x = if v > c { c } else { v };
-            });
-        }
+    let c = clip.map_or(f64::INFINITY, ClipValue::get);
+    let clipped = |h: f32| {
+        let v = f64::from(h);
+        if v > c { c } else { v }
+    };
+    match (h.to_slice(), x.as_slice_mut()) {
+        // Contiguous (the usual case): a loop the compiler vectorises.
+        (Some(h), Some(x)) => x.iter_mut().zip(h).for_each(|(x, &h)| *x = clipped(h)),
+        _ => x.zip_mut_with(&h, |x, &h| *x = clipped(h)),
     }
 }
 

@@ -18,7 +18,9 @@ pub mod sweep;
 pub use dice_sweep::dice_sweep;
 pub use head::{Head64, LogitScore, logit_scores};
 pub use masks::{DiceMask, HimplosMask, LineMasks};
-pub use metrics::{Convention, Metrics, id_accuracy, metrics, roc_curve};
+pub use metrics::{
+    Convention, Metrics, SortedScores, id_accuracy, metrics, metrics_sorted, roc_curve,
+};
 pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
 pub use posthoc_cache::percentile::{percentile, percentile_sorted};
 pub use scores::Scored;

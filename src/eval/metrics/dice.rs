@@ -22,12 +22,6 @@ fn trapezoid(y: &[f64], x: &[f64]) -> f64 {
         .sum()
 }
 
-fn sorted(values: &[f64]) -> Vec<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
 /// `(tp, fp)` after removing `0..=n_in + n_out` samples in ascending order, with runs of
 /// equal scores collapsed to their end.
 fn curve(known: &[f64], novel: &[f64]) -> Vec<(u64, u64)> {
@@ -58,15 +52,13 @@ fn curve(known: &[f64], novel: &[f64]) -> Vec<(u64, u64)> {
     points
 }
 
-/// All four metrics the `cal_metric` way (both sets non-empty).
-pub(super) fn metrics(id: &[f64], ood: &[f64]) -> Metrics {
-    let known = sorted(id);
-    let novel = sorted(ood);
+/// All four metrics the `cal_metric` way (both sets non-empty, ascending).
+pub(super) fn metrics(known: &[f64], novel: &[f64]) -> Metrics {
     let (n_in, n_out) = (known.len() as f64, novel.len() as f64);
     let threshold = known[(0.05 * n_in).round_ties_even() as usize];
     let fpr95 = novel.iter().filter(|&&s| s > threshold).count() as f64 / n_out;
 
-    let points = curve(&known, &novel);
+    let points = curve(known, novel);
     let tpr: Vec<f64> = with_ends(1.0, points.iter().map(|&(tp, _)| tp as f64 / n_in), 0.0);
     let fpr: Vec<f64> = with_ends(1.0, points.iter().map(|&(_, fp)| fp as f64 / n_out), 0.0);
     let one_minus_fpr: Vec<f64> = fpr.iter().map(|f| 1.0 - f).collect();
@@ -116,6 +108,13 @@ fn kept_points(
 mod tests {
     use super::*;
 
+    /// `v` ascending, as the metrics take their inputs.
+    fn asc(v: &[f64]) -> Vec<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
     #[test]
     fn trapezoid_like_numpy() {
         assert_eq!(trapezoid(&[1.0, 2.0, 3.0], &[0.0, 1.0, 3.0]), 1.5 + 5.0);
@@ -148,7 +147,7 @@ mod tests {
     #[test]
     fn hand_computed_small_case() {
         // id sorted 0.4 0.6 0.8 0.9: threshold = sort(id)[round(0.2)] = 0.4; OOD above: 2 of 3.
-        let m = metrics(&[0.9, 0.8, 0.6, 0.4], &[0.7, 0.5, 0.3]);
+        let m = metrics(&asc(&[0.9, 0.8, 0.6, 0.4]), &asc(&[0.7, 0.5, 0.3]));
         assert_eq!(m.fpr95, 2.0 / 3.0);
         assert!((m.auroc - 0.75).abs() < 1e-15);
     }
@@ -208,7 +207,7 @@ mod tests {
     #[test]
     fn matches_cal_metric_including_ties() {
         for (id, ood, want) in cal_metric_cases() {
-            let m = metrics(&id, &ood);
+            let m = metrics(&asc(&id), &asc(&ood));
             let got = [m.fpr95, m.auroc, m.aupr_in, m.aupr_out];
             for (g, w) in got.iter().zip(want) {
                 assert!(

@@ -63,24 +63,49 @@ fn check_scores(what: &'static str, scores: &[f64]) -> Result<(), EvalError> {
     }
 }
 
+/// Finite scores of one set in ascending order (`f64::total_cmp`), sorted once and
+/// shared by every metric computed from them (an ID set's scores against each OOD set).
+#[derive(Debug, Clone)]
+pub struct SortedScores(Vec<f64>);
+
+impl SortedScores {
+    /// Sorts `scores`; an error names the first non-finite value, or an empty set.
+    pub fn new(what: &'static str, scores: &[f64]) -> Result<Self, EvalError> {
+        check_scores(what, scores)?;
+        let mut v = scores.to_vec();
+        v.sort_unstable_by(f64::total_cmp);
+        Ok(SortedScores(v))
+    }
+
+    /// The scores, ascending.
+    pub fn ascending(&self) -> &[f64] {
+        &self.0
+    }
+}
+
 /// The metrics of ID scores `id` against OOD scores `ood` (higher = more ID) in the
 /// given convention. Both sets must be non-empty and finite.
 pub fn metrics(id: &[f64], ood: &[f64], convention: Convention) -> Result<Metrics, EvalError> {
-    check_scores("ID scores", id)?;
-    check_scores("OOD scores", ood)?;
-    Ok(match convention {
-        Convention::Sklearn => sklearn::metrics(id, ood),
-        Convention::Dice => dice::metrics(id, ood),
-    })
+    let id = SortedScores::new("ID scores", id)?;
+    let ood = SortedScores::new("OOD scores", ood)?;
+    Ok(metrics_sorted(&id, &ood, convention))
+}
+
+/// [`metrics`] of scores sorted beforehand.
+pub fn metrics_sorted(id: &SortedScores, ood: &SortedScores, convention: Convention) -> Metrics {
+    match convention {
+        Convention::Sklearn => sklearn::metrics(id.ascending(), ood.ascending()),
+        Convention::Dice => dice::metrics(id.ascending(), ood.ascending()),
+    }
 }
 
 /// The ROC curve of ID (positive) against OOD scores as `(fpr, tpr)` points from
 /// `(0, 0)` to `(1, 1)`, one per distinct score (ties form one step, as sklearn's
 /// `roc_curve` without dropping collinear points).
 pub fn roc_curve(id: &[f64], ood: &[f64]) -> Result<Vec<(f64, f64)>, EvalError> {
-    check_scores("ID scores", id)?;
-    check_scores("OOD scores", ood)?;
-    Ok(sklearn::roc(id, ood))
+    let id = SortedScores::new("ID scores", id)?;
+    let ood = SortedScores::new("OOD scores", ood)?;
+    Ok(sklearn::roc(id.ascending(), ood.ascending()))
 }
 
 /// Share of rows whose predicted class equals the label.

@@ -11,30 +11,59 @@
 
 use super::Metrics;
 
-/// Cumulative `(tp, fp)` at each distinct score, highest score first.
-fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(f64, bool)> = pos
-        .iter()
-        .map(|&s| (s, true))
-        .chain(neg.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+/// Cumulative `(tp, fp)` at each distinct score, walking both sets (sorted in walking
+/// order) together: `first(a, b)` says whether score `a` comes before `b`. All samples
+/// equal to the next score are taken in one step.
+fn steps(
+    pos: impl Iterator<Item = f64>,
+    neg: impl Iterator<Item = f64>,
+    first: impl Fn(f64, f64) -> bool,
+) -> Vec<(u64, u64)> {
+    let (mut pos, mut neg) = (pos.peekable(), neg.peekable());
     let mut points = Vec::new();
     let (mut tp, mut fp) = (0u64, 0u64);
-    for (i, &(s, is_pos)) in all.iter().enumerate() {
-        if is_pos {
+    loop {
+        let v = match (pos.peek(), neg.peek()) {
+            (Some(&p), Some(&n)) => {
+                if first(n, p) {
+                    n
+                } else {
+                    p
+                }
+            }
+            (Some(&p), None) => p,
+            (None, Some(&n)) => n,
+            (None, None) => break,
+        };
+        while pos.next_if(|&p| p == v).is_some() {
             tp += 1;
-        } else {
+        }
+        while neg.next_if(|&n| n == v).is_some() {
             fp += 1;
         }
-        if all.get(i + 1).is_none_or(|next| next.0 != s) {
-            points.push((tp, fp));
-        }
+        points.push((tp, fp));
     }
     points
 }
 
-/// ROC points `(fpr, tpr)` from `(0, 0)` to `(1, 1)`, one per distinct score.
+/// Cumulative `(tp, fp)` at each distinct score, highest score first (`pos`, `neg`
+/// ascending).
+fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
+    steps(
+        pos.iter().rev().copied(),
+        neg.iter().rev().copied(),
+        |a, b| a > b,
+    )
+}
+
+/// [`curve`] of the negated scores with `pos` and `neg` swapped (OOD positive), lowest
+/// original score first.
+fn curve_negated(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
+    steps(pos.iter().copied(), neg.iter().copied(), |a, b| a < b)
+}
+
+/// ROC points `(fpr, tpr)` from `(0, 0)` to `(1, 1)`, one per distinct score (`id`,
+/// `ood` ascending).
 pub(super) fn roc(id: &[f64], ood: &[f64]) -> Vec<(f64, f64)> {
     let (n_pos, n_neg) = (id.len() as f64, ood.len() as f64);
     std::iter::once((0.0, 0.0))
@@ -87,13 +116,11 @@ fn average_precision(points: &[(u64, u64)], n_pos: u64) -> f64 {
     ap
 }
 
-/// All four metrics, ID positive (both sets non-empty).
+/// All four metrics, ID positive (both sets non-empty, ascending).
 pub(super) fn metrics(id: &[f64], ood: &[f64]) -> Metrics {
     let (n_in, n_out) = (id.len() as u64, ood.len() as u64);
     let points = curve(id, ood);
-    let neg_id: Vec<f64> = id.iter().map(|s| -s).collect();
-    let neg_ood: Vec<f64> = ood.iter().map(|s| -s).collect();
-    let out_points = curve(&neg_ood, &neg_id);
+    let out_points = curve_negated(ood, id);
     Metrics {
         fpr95: fpr95(&points, n_in, n_out),
         auroc: auroc(&points, n_in, n_out),
@@ -106,16 +133,23 @@ pub(super) fn metrics(id: &[f64], ood: &[f64]) -> Metrics {
 mod tests {
     use super::*;
 
+    /// `v` ascending, as the metrics take their inputs.
+    fn asc(v: &[f64]) -> Vec<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
     #[test]
     fn hand_computed_case_without_ties() {
         let id = [0.9, 0.8, 0.6, 0.4];
         let ood = [0.7, 0.5, 0.3];
         // Descending: i i o i o i o -> points (1,0) (2,0) (2,1) (3,1) (3,2) (4,2) (4,3).
         assert_eq!(
-            curve(&id, &ood),
+            curve(&asc(&id), &asc(&ood)),
             vec![(1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (4, 2), (4, 3)]
         );
-        let m = metrics(&id, &ood);
+        let m = metrics(&asc(&id), &asc(&ood));
         // Full recall is first reached at (4, 2); recall 3/4 is farther from 0.95.
         assert_eq!(m.fpr95, 2.0 / 3.0);
         // Pairs with id > ood: 3 + 3 + 2 + 1 = 9 of 12.
@@ -130,8 +164,8 @@ mod tests {
     fn ties_form_one_step() {
         let id = [1.0, 0.5];
         let ood = [0.5, 0.0];
-        assert_eq!(curve(&id, &ood), vec![(1, 0), (2, 1), (2, 2)]);
-        let m = metrics(&id, &ood);
+        assert_eq!(curve(&asc(&id), &asc(&ood)), vec![(1, 0), (2, 1), (2, 2)]);
+        let m = metrics(&asc(&id), &asc(&ood));
         // The tied pair counts one half.
         assert_eq!(m.auroc, 0.875);
         assert!((m.aupr_in - (0.5 + 0.5 * 2.0 / 3.0)).abs() < 1e-15);
@@ -178,7 +212,7 @@ mod tests {
     #[test]
     fn matches_sklearn_including_ties() {
         for (id, ood, want) in sklearn_cases() {
-            let m = metrics(&id, &ood);
+            let m = metrics(&asc(&id), &asc(&ood));
             let got = [m.fpr95, m.auroc, m.aupr_in, m.aupr_out];
             for (g, w) in got.iter().zip(want) {
                 assert!(
@@ -187,5 +221,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn negated_walk_equals_the_curve_of_negated_scores() {
+        // Many ties, signed zeros included.
+        let id: Vec<f64> = (0..200)
+            .map(|i| f64::from((i * 7) % 13) - 6.0)
+            .chain([0.0, -0.0])
+            .collect();
+        let ood: Vec<f64> = (0..150)
+            .map(|i| f64::from((i * 5) % 11) - 4.0)
+            .chain([-0.0])
+            .collect();
+        let neg = |v: &[f64]| asc(&v.iter().map(|s| -s).collect::<Vec<_>>());
+        assert_eq!(
+            curve_negated(&asc(&ood), &asc(&id)),
+            curve(&neg(&ood), &neg(&id))
+        );
     }
 }
