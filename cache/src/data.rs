@@ -63,6 +63,25 @@ impl Head {
     }
 }
 
+/// What scoring needs of one set: row `i` is dataset item `index[i]` with its label (-1
+/// for OOD sets) and feature `h` ([`FeatureCache::split_features`](crate::FeatureCache::split_features)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitFeatures {
+    /// Dataset order of each row.
+    pub index: Vec<u64>,
+    /// Class label of each row (-1 for OOD sets).
+    pub labels: Vec<i32>,
+    /// Features, rows x m.
+    pub features: Array2<f32>,
+}
+
+impl SplitFeatures {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.index.len()
+    }
+}
+
 /// Rows of one set (a whole split, or a batch of one): row `i` is dataset item
 /// `index[i]`, with its path, label (-1 for OOD), feature `h` and logits `z`.
 #[derive(Debug, Clone, PartialEq)]

@@ -45,7 +45,7 @@ mod stats;
 mod verify;
 mod writer;
 
-pub use data::{Head, SplitData};
+pub use data::{Head, SplitData, SplitFeatures};
 pub use error::{CacheError, Result};
 pub use import::{ImportOptions, import_npy};
 pub use manifest::{

@@ -9,12 +9,13 @@ use arrow_schema::Schema;
 use ndarray::{Array1, Array2};
 use std::fs::File;
 
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
 use rayon::prelude::*;
 
-use crate::data::{Head, SplitData};
+use crate::data::{Head, SplitData, SplitFeatures};
 use crate::error::io_err;
 use crate::error::{CacheError, Result};
 use crate::io::{BackgroundHash, file_size};
@@ -171,12 +172,37 @@ impl FeatureCache {
         let sha = self.verify_hashes.then_some(entry.sha256.as_str());
         let hash = sha.map(|_| BackgroundHash::spawn(&path));
         let (m, c) = (self.feature_dim(), self.num_classes());
-        match load_split(&path, set, entry.role, m, c, entry.rows) {
+        match load_split(&path, set, entry.role, m, c, entry.rows, Columns::All) {
             Ok(data) => {
                 if let (Some(h), Some(sha)) = (hash, sha) {
                     h.check(sha)?;
                 }
                 Ok(data)
+            }
+            Err(e) => Err(prefer_hash_error(e, hash, sha)),
+        }
+    }
+
+    /// Loads what scoring needs of set `set` (index, label, feature) whole, without
+    /// decoding its `path` and `logits` columns: for an ImageNet-size set the logits are
+    /// half the feature bytes again. Checked like [`FeatureCache::split`] (the hash covers
+    /// the whole file; the skipped columns are not checked for finite values).
+    pub fn split_features(&self, set: &str) -> Result<SplitFeatures> {
+        let entry = self.manifest.split_entry(set)?;
+        let path = self.dir.join(&entry.name);
+        let sha = self.verify_hashes.then_some(entry.sha256.as_str());
+        let hash = sha.map(|_| BackgroundHash::spawn(&path));
+        let (m, c) = (self.feature_dim(), self.num_classes());
+        match load_split(&path, set, entry.role, m, c, entry.rows, Columns::Scoring) {
+            Ok(data) => {
+                if let (Some(h), Some(sha)) = (hash, sha) {
+                    h.check(sha)?;
+                }
+                Ok(SplitFeatures {
+                    index: data.index,
+                    labels: data.labels,
+                    features: data.features,
+                })
             }
             Err(e) => Err(prefer_hash_error(e, hash, sha)),
         }
@@ -221,14 +247,14 @@ impl Iterator for SplitStream {
                 Some(Ok(SplitData {
                     index: b.index.to_vec(),
                     paths: b
-                        .paths
+                        .full_paths()
                         .iter()
                         .map(|p| p.unwrap_or_default().to_string())
                         .collect(),
                     labels: b.labels.to_vec(),
                     features: Array2::from_shape_vec((rows, m), b.features.to_vec())
                         .expect("checked width"),
-                    logits: Array2::from_shape_vec((rows, c), b.logits.to_vec())
+                    logits: Array2::from_shape_vec((rows, c), b.full_logits().to_vec())
                         .expect("checked width"),
                 }))
             }
@@ -244,13 +270,36 @@ impl Iterator for SplitStream {
     }
 }
 
-/// One decoded batch of a split, borrowed from its Arrow arrays, checked.
+/// One decoded batch of a split, borrowed from its Arrow arrays, checked (`paths` and
+/// `logits` are `None` when the reader skips them, [`Columns::Scoring`]).
 pub(crate) struct BatchView<'a> {
     pub(crate) index: &'a [u64],
-    pub(crate) paths: &'a arrow_array::StringArray,
+    pub(crate) paths: Option<&'a arrow_array::StringArray>,
     pub(crate) labels: &'a [i32],
     pub(crate) features: &'a [f32],
-    pub(crate) logits: &'a [f32],
+    pub(crate) logits: Option<&'a [f32]>,
+}
+
+impl<'a> BatchView<'a> {
+    /// The paths of a reader of [`Columns::All`].
+    pub(crate) fn full_paths(&self) -> &'a arrow_array::StringArray {
+        self.paths.expect("a reader of every column decodes paths")
+    }
+
+    /// The logits of a reader of [`Columns::All`].
+    pub(crate) fn full_logits(&self) -> &'a [f32] {
+        self.logits
+            .expect("a reader of every column decodes logits")
+    }
+}
+
+/// Which columns of a split file a reader decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Columns {
+    /// Every column.
+    All,
+    /// `index`, `label` and `feature` only.
+    Scoring,
 }
 
 /// Decodes a split file batch by batch and checks every batch: schema and dims against
@@ -262,6 +311,7 @@ pub(crate) struct SplitReader {
     m: usize,
     c: usize,
     reader: ParquetRecordBatchReader,
+    columns: Columns,
     hash: Option<BackgroundHash>,
     expected_sha: String,
     expected_rows: Option<u64>,
@@ -326,6 +376,7 @@ impl SplitReader {
             m,
             c,
             reader,
+            columns: Columns::All,
             hash,
             expected_sha: sha256.unwrap_or_default().to_string(),
             expected_rows: rows,
@@ -347,22 +398,32 @@ impl SplitReader {
         group: usize,
         first_row: u64,
         batch_rows: usize,
+        columns: Columns,
     ) -> Result<SplitReader> {
         let file = File::open(path).map_err(io_err(path))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
             .with_row_groups(vec![group])
-            .with_batch_size(batch_rows)
-            .build()
-            .map_err(|source| CacheError::Corrupt {
-                file: path.to_path_buf(),
-                source,
-            })?;
+            .with_batch_size(batch_rows);
+        if columns == Columns::Scoring {
+            // The schema was checked on open: these roots exist.
+            let roots: Vec<usize> = [col::INDEX, col::LABEL, col::FEATURE]
+                .iter()
+                .filter_map(|name| meta.schema().index_of(name).ok())
+                .collect();
+            let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder.build().map_err(|source| CacheError::Corrupt {
+            file: path.to_path_buf(),
+            source,
+        })?;
         Ok(SplitReader {
             path: path.to_path_buf(),
             role,
             m,
             c,
             reader,
+            columns,
             hash: None,
             expected_sha: String::new(),
             expected_rows: None,
@@ -400,12 +461,26 @@ impl SplitReader {
         }
         let batch = self.current.as_ref().expect("set above");
         let p = &self.path;
+        let all = self.columns == Columns::All;
         Ok(Some(BatchView {
             index: schema::u64_values(batch, p, col::INDEX)?,
-            paths: schema::str_values(batch, p, col::PATH)?,
+            paths: if all {
+                Some(schema::str_values(batch, p, col::PATH)?)
+            } else {
+                None
+            },
             labels: schema::i32_values(batch, p, col::LABEL)?,
             features: schema::vector_values::<Float32Type>(batch, p, col::FEATURE, self.m)?,
-            logits: schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?,
+            logits: if all {
+                Some(schema::vector_values::<Float32Type>(
+                    batch,
+                    p,
+                    col::LOGITS,
+                    self.c,
+                )?)
+            } else {
+                None
+            },
         }))
     }
 
@@ -413,14 +488,15 @@ impl SplitReader {
         let batch = self.current.as_ref().expect("a current batch");
         let p = &self.path;
         let index = schema::u64_values(batch, p, col::INDEX)?;
-        schema::str_values(batch, p, col::PATH)?;
         let labels = schema::i32_values(batch, p, col::LABEL)?;
         let features = schema::vector_values::<Float32Type>(batch, p, col::FEATURE, self.m)?;
-        let logits = schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?;
-        for (column, values, width) in [
-            (col::FEATURE, features, self.m),
-            (col::LOGITS, logits, self.c),
-        ] {
+        let mut floats = vec![(col::FEATURE, features, self.m)];
+        if self.columns == Columns::All {
+            schema::str_values(batch, p, col::PATH)?;
+            let logits = schema::vector_values::<Float32Type>(batch, p, col::LOGITS, self.c)?;
+            floats.push((col::LOGITS, logits, self.c));
+        }
+        for (column, values, width) in floats {
             if let Some(r) = first_non_finite_f32(values, width) {
                 return Err(CacheError::NonFinite {
                     file: p.clone(),
@@ -521,11 +597,25 @@ fn read_group(
     group: usize,
     first_row: u64,
     features: &mut [f32],
-    logits: &mut [f32],
+    mut logits: Option<&mut [f32]>,
 ) -> Result<GroupRows> {
     let rows = features.len() / m;
-    let mut reader =
-        SplitReader::for_row_group(path, role, m, c, meta, group, first_row, LOAD_BATCH_ROWS)?;
+    let columns = if logits.is_some() {
+        Columns::All
+    } else {
+        Columns::Scoring
+    };
+    let mut reader = SplitReader::for_row_group(
+        path,
+        role,
+        m,
+        c,
+        meta,
+        group,
+        first_row,
+        LOAD_BATCH_ROWS,
+        columns,
+    )?;
     let mut out = GroupRows {
         index: Vec::with_capacity(rows),
         paths: Vec::with_capacity(rows),
@@ -538,11 +628,15 @@ fn read_group(
             break;
         }
         features[at * m..(at + r) * m].copy_from_slice(b.features);
-        logits[at * c..(at + r) * c].copy_from_slice(b.logits);
+        if let (Some(logits), Some(l)) = (logits.as_deref_mut(), b.logits) {
+            logits[at * c..(at + r) * c].copy_from_slice(l);
+        }
         out.index.extend_from_slice(b.index);
         out.labels.extend_from_slice(b.labels);
-        out.paths
-            .extend(b.paths.iter().map(|p| p.unwrap_or_default().to_string()));
+        if let Some(paths) = b.paths {
+            out.paths
+                .extend(paths.iter().map(|p| p.unwrap_or_default().to_string()));
+        }
         at += r;
     }
     if at != rows || reader.reader.next().is_some() {
@@ -556,7 +650,8 @@ fn read_group(
 }
 
 /// Loads a whole split file into preallocated arrays, decoding its row groups in
-/// parallel (each into its own rows of the result).
+/// parallel (each into its own rows of the result). With [`Columns::Scoring`] the
+/// result has no paths and `rows x 0` logits.
 fn load_split(
     path: &Path,
     set: &str,
@@ -564,6 +659,7 @@ fn load_split(
     m: usize,
     c: usize,
     rows: u64,
+    columns: Columns,
 ) -> Result<SplitData> {
     let opened = open_checked(path, set, role, m, c, Some(rows))?;
     let group_rows: Vec<usize> = opened
@@ -582,7 +678,8 @@ fn load_split(
         });
     }
     let mut features = Array2::<f32>::zeros((n, m));
-    let mut logits = Array2::<f32>::zeros((n, c));
+    let logit_cols = if columns == Columns::All { c } else { 0 };
+    let mut logits = Array2::<f32>::zeros((n, logit_cols));
     let mut chunks = Vec::with_capacity(group_rows.len());
     {
         let (mut f_rest, mut l_rest) = (
@@ -592,8 +689,8 @@ fn load_split(
         let mut first = 0u64;
         for (g, &r) in group_rows.iter().enumerate() {
             let (f, fr) = f_rest.split_at_mut(r * m);
-            let (l, lr) = l_rest.split_at_mut(r * c);
-            chunks.push((g, first, f, l));
+            let (l, lr) = l_rest.split_at_mut(r * logit_cols);
+            chunks.push((g, first, f, (logit_cols > 0).then_some(l)));
             (f_rest, l_rest) = (fr, lr);
             first += r as u64;
         }

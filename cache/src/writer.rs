@@ -682,7 +682,7 @@ impl RowSource for FileRows {
             schema::DEFAULT_ROW_GROUP_ROWS,
         )?;
         while let Some(b) = reader.next_checked()? {
-            f(b.labels, b.features, b.logits)?;
+            f(b.labels, b.features, b.full_logits())?;
         }
         reader.finish()?;
         Ok(())
@@ -1019,13 +1019,13 @@ impl Cursor {
                     self.batch = RowBuffer {
                         index: b.index.to_vec(),
                         paths: b
-                            .paths
+                            .full_paths()
                             .iter()
                             .map(|p| p.unwrap_or_default().to_string())
                             .collect(),
                         labels: b.labels.to_vec(),
                         features: b.features.to_vec(),
-                        logits: b.logits.to_vec(),
+                        logits: b.full_logits().to_vec(),
                     };
                     self.pos = 0;
                     return Ok(true);

@@ -64,6 +64,12 @@ fn flipped_byte_is_a_hash_mismatch() {
             matches!(err, CacheError::HashMismatch { file: ref f, .. } if *f == file),
             "byte {at}: {err}"
         );
+        // The scoring load skips columns but not the hash of the whole file.
+        let err = cache.split_features("id_train").unwrap_err();
+        assert!(
+            matches!(err, CacheError::HashMismatch { file: ref f, .. } if *f == file),
+            "byte {at}: {err}"
+        );
         let err = cache
             .stream_split("id_train", 50)
             .and_then(|s| s.collect::<Result<Vec<_>, _>>())

@@ -46,6 +46,12 @@ fn write_then_read_gives_the_same_data() {
     for (set, ..) in SETS {
         let got = cache.split(set).unwrap();
         assert_eq!(got, expected_split(set), "set {set}");
+        let scoring = cache.split_features(set).unwrap();
+        assert_eq!(
+            (&scoring.index, &scoring.labels, &scoring.features),
+            (&got.index, &got.labels, &got.features),
+            "set {set}: split_features"
+        );
         for batch_rows in [1, 50, 1000] {
             let streamed: Vec<_> = cache
                 .stream_split(set, batch_rows)

@@ -11,7 +11,7 @@ use posthoc::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate};
 use posthoc::eval::sweep::{MethodName, Setting, SweepSpec, SweepValues};
 use posthoc::eval::{Convention, EvalError, Head64};
 use posthoc::report::{self, EvalRow};
-use posthoc_cache::{FeatureCache, SplitData, TrainStats, percentile};
+use posthoc_cache::{FeatureCache, SplitFeatures, TrainStats, percentile};
 use rayon::prelude::*;
 use tracing::info;
 
@@ -250,7 +250,7 @@ fn train_percentile_fn<'a>(
                 q,
                 "percentile off the stored grid: reading the ID-train features"
             );
-            let split = cache.split(&name).map_err(|e| e.to_string())?;
+            let split = cache.split_features(&name).map_err(|e| e.to_string())?;
             let mut values = split.features.into_raw_vec_and_offset().0;
             if !percentile::sort_for_percentiles(&mut values) {
                 return Err("the ID-train features hold NaN".to_owned());
@@ -316,8 +316,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 || {
                     names
                         .par_iter()
-                        .map(|n| cache.split(n))
-                        .collect::<Result<Vec<SplitData>, _>>()
+                        .map(|n| cache.split_features(n))
+                        .collect::<Result<Vec<SplitFeatures>, _>>()
                 },
             )
         },
@@ -381,7 +381,7 @@ fn rows_of(
     results: &[Evaluation],
     id_name: &str,
     ood_names: &[String],
-    splits: &[SplitData],
+    splits: &[SplitFeatures],
     convention: Convention,
 ) -> Vec<EvalRow> {
     let mut rows = Vec::new();
