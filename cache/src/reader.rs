@@ -167,20 +167,7 @@ impl FeatureCache {
     /// Loads set `set` whole into preallocated arrays, decoding row groups in parallel
     /// (rayon). Peak memory is the result plus one 1024-row batch per thread.
     pub fn split(&self, set: &str) -> Result<SplitData> {
-        let entry = self.manifest.split_entry(set)?;
-        let path = self.dir.join(&entry.name);
-        let sha = self.verify_hashes.then_some(entry.sha256.as_str());
-        let hash = sha.map(|_| BackgroundHash::spawn(&path));
-        let (m, c) = (self.feature_dim(), self.num_classes());
-        match load_split(&path, set, entry.role, m, c, entry.rows, Columns::All) {
-            Ok(data) => {
-                if let (Some(h), Some(sha)) = (hash, sha) {
-                    h.check(sha)?;
-                }
-                Ok(data)
-            }
-            Err(e) => Err(prefer_hash_error(e, hash, sha)),
-        }
+        self.load_checked(set, Columns::All)
     }
 
     /// Loads what scoring needs of set `set` (index, label, feature) whole, without
@@ -188,21 +175,27 @@ impl FeatureCache {
     /// half the feature bytes again. Checked like [`FeatureCache::split`] (the hash covers
     /// the whole file; the skipped columns are not checked for finite values).
     pub fn split_features(&self, set: &str) -> Result<SplitFeatures> {
+        let data = self.load_checked(set, Columns::Scoring)?;
+        Ok(SplitFeatures {
+            index: data.index,
+            labels: data.labels,
+            features: data.features,
+        })
+    }
+
+    /// [`load_split`] of `set`, its sha256 checked on a background thread meanwhile.
+    fn load_checked(&self, set: &str, columns: Columns) -> Result<SplitData> {
         let entry = self.manifest.split_entry(set)?;
         let path = self.dir.join(&entry.name);
         let sha = self.verify_hashes.then_some(entry.sha256.as_str());
         let hash = sha.map(|_| BackgroundHash::spawn(&path));
         let (m, c) = (self.feature_dim(), self.num_classes());
-        match load_split(&path, set, entry.role, m, c, entry.rows, Columns::Scoring) {
+        match load_split(&path, set, entry.role, m, c, entry.rows, columns) {
             Ok(data) => {
                 if let (Some(h), Some(sha)) = (hash, sha) {
                     h.check(sha)?;
                 }
-                Ok(SplitFeatures {
-                    index: data.index,
-                    labels: data.labels,
-                    features: data.features,
-                })
+                Ok(data)
             }
             Err(e) => Err(prefer_hash_error(e, hash, sha)),
         }
