@@ -215,6 +215,21 @@ pub enum ConfigError {
     },
 }
 
+/// Section `name` of the config at `path` (`section`), or the error naming the file, the
+/// section and the `command` that needs it.
+pub fn required<'a, T>(
+    section: &'a Option<T>,
+    path: &Path,
+    name: &'static str,
+    command: &'static str,
+) -> Result<&'a T, ConfigError> {
+    section.as_ref().ok_or_else(|| ConfigError::MissingSection {
+        path: path.to_owned(),
+        section: name,
+        command,
+    })
+}
+
 impl ExperimentConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -237,6 +252,17 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_section_names_file_section_and_command() {
+        let path = Path::new("configs/partial.toml");
+        let cfg = ExperimentConfig::parse("", path).unwrap();
+        let e = required(&cfg.data, path, "data", "precompute").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config configs/partial.toml has no [data] section, which `precompute` needs"
+        );
+    }
 
     #[test]
     fn default_config_parses_with_thirteen_settings() {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use posthoc::config::{ExperimentConfig, SetSource};
+use posthoc::config::{ExperimentConfig, SetSource, required};
 use posthoc_cache::Role;
 use posthoc_pipeline::data::{ImageSetSpec, Preprocess};
 use posthoc_pipeline::extractor::{ExtractorBackend, FeatureExtractor};
@@ -79,17 +79,9 @@ fn set_spec(source: &SetSource) -> ImageSetSpec {
 pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
     let path = &args.config;
     let cfg = ExperimentConfig::load(path)?;
-    let missing = |section: &'static str| posthoc::config::ConfigError::MissingSection {
-        path: path.clone(),
-        section,
-        command: "precompute",
-    };
-    let model = cfg.model.as_ref().ok_or_else(|| missing("model"))?;
-    let pre = cfg
-        .preprocess
-        .as_ref()
-        .ok_or_else(|| missing("preprocess"))?;
-    let data = cfg.data.as_ref().ok_or_else(|| missing("data"))?;
+    let model = required(&cfg.model, path, "model", "precompute")?;
+    let pre = required(&cfg.preprocess, path, "preprocess", "precompute")?;
+    let data = required(&cfg.data, path, "data", "precompute")?;
     if model.arch != "densenet-bc" {
         bail!(
             "{}: [model] arch = {:?}: only \"densenet-bc\" is implemented",

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use posthoc::config::{ExperimentConfig, SetSource};
+use posthoc::config::{ExperimentConfig, SetSource, required};
 use posthoc_pipeline::data::{ImageSet, ImageSetSpec, Preprocess};
 use posthoc_pipeline::extractor::ExtractorBackend;
 use posthoc_pipeline::model::DenseNetConfig;
@@ -117,18 +117,10 @@ struct Loaded {
 fn load(common: &Common) -> anyhow::Result<Loaded> {
     let path = &common.config;
     let config = ExperimentConfig::load(path)?;
-    let missing = |section: &'static str| posthoc::config::ConfigError::MissingSection {
-        path: path.clone(),
-        section,
-        command: "um",
-    };
-    let model = config.model.clone().ok_or_else(|| missing("model"))?;
-    let pre = config
-        .preprocess
-        .clone()
-        .ok_or_else(|| missing("preprocess"))?;
-    let data = config.data.clone().ok_or_else(|| missing("data"))?;
-    let table = config.um.clone().ok_or_else(|| missing("um"))?;
+    let model = required(&config.model, path, "model", "um")?.clone();
+    let pre = required(&config.preprocess, path, "preprocess", "um")?.clone();
+    let data = required(&config.data, path, "data", "um")?.clone();
+    let table = required(&config.um, path, "um", "um")?.clone();
     let mut um: UmSection = table
         .try_into()
         .with_context(|| format!("{}: [um]", path.display()))?;
