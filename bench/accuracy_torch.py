@@ -8,7 +8,7 @@ Usage (repository root, a venv with torch, numpy, pillow): python bench/accuracy
 import sys, csv, numpy as np, torch
 from PIL import Image
 sys.path.insert(0, "bench")
-from forward_torch import DenseNetBC
+from densenet_torch import DenseNetBC
 torch.set_num_threads(2)
 root = "../shared/data/cifar10/test-lossless-first1000"
 rows = list(csv.DictReader(open(f"{root}/index.csv")))

@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.numpy import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from densenet_torch import DenseNetBC  # noqa: E402
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32)
@@ -77,66 +81,12 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, w, self.bias)
 
 
-class Bottleneck(nn.Module):
-    def __init__(self, cin, growth):
-        super().__init__()
-        inter = 4 * growth
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = MaskedConv(cin, inter, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(inter)
-        self.conv2 = MaskedConv(inter, growth, 3, padding=1, bias=False)
-
-    def forward(self, x):
-        h = self.conv1(F.relu(self.bn1(x)))
-        h = self.conv2(F.relu(self.bn2(h)))
-        return torch.cat([x, h], 1)
-
-
-class Block(nn.Module):
-    def __init__(self, n, cin, growth):
-        super().__init__()
-        self.layer = nn.Sequential(*[Bottleneck(cin + i * growth, growth) for i in range(n)])
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class Transition(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = MaskedConv(cin, cout, 1, bias=False)
-
-    def forward(self, x):
-        return F.avg_pool2d(self.conv1(F.relu(self.bn1(x))), 2)
-
-
-class DenseNetBC(nn.Module):
-    """DenseNet-BC (depth 100, growth 12, reduction 0.5): the DICE checkpoint's layout."""
-
-    def __init__(self, depth=100, growth=12, reduction=0.5, classes=10):
-        super().__init__()
-        n = (depth - 4) // 6
-        c = 2 * growth
-        self.conv1 = MaskedConv(3, c, 3, padding=1, bias=False)
-        self.block1 = Block(n, c, growth)
-        c += n * growth
-        self.trans1 = Transition(c, int(math.floor(c * reduction)))
-        c = int(math.floor(c * reduction))
-        self.block2 = Block(n, c, growth)
-        c += n * growth
-        self.trans2 = Transition(c, int(math.floor(c * reduction)))
-        c = int(math.floor(c * reduction))
-        self.block3 = Block(n, c, growth)
-        c += n * growth
-        self.bn1 = nn.BatchNorm2d(c)
-        self.fc = MaskedLinear(c, classes)
-
-    def forward(self, x):
-        out = self.trans1(self.block1(self.conv1(x)))
-        out = self.trans2(self.block2(out))
-        out = F.relu(self.bn1(self.block3(out)))
-        return self.fc(F.avg_pool2d(out, 8).flatten(1))
+def densenet():
+    """The DICE layout with masked conv/linear layers; `forward` returns the logits."""
+    net = DenseNetBC(conv=MaskedConv, linear=MaskedLinear)
+    plain_forward = net.forward
+    net.forward = lambda x: plain_forward(x)[1]
+    return net
 
 
 def formula_scores(shape):
@@ -185,7 +135,7 @@ def main():
     out, meta = {}, {"images": [r["path"] for r in rows], "labels": y.tolist()}
 
     # --- UM: all parameters, affine BatchNorm -------------------------------------------
-    model = DenseNetBC()
+    model = densenet()
     model.load_state_dict(ckpt)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -225,7 +175,7 @@ def main():
     }
 
     # --- UMAP: scores over frozen weights, frozen affine BatchNorm ----------------------
-    model = DenseNetBC()
+    model = densenet()
     model.load_state_dict(ckpt)
     for p in model.parameters():
         p.requires_grad_(False)
