@@ -9,7 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use std::ops::Range;
+
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Fonts tried, in order, for text in plots (Debian's `fonts-dejavu-core` first).
@@ -120,6 +123,57 @@ fn save(fig: &impl Figure, stem: &Path) -> Result<[PathBuf; 2], PlotError> {
     Ok([svg, png])
 }
 
+/// A chart with both axes in `f64`.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `area` in the common style: caption, margins, axis descriptions, light grid
+/// (`y_label_width` pixels for the y tick labels).
+fn styled_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    (x, y): (Range<f64>, Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+    y_label_width: u32,
+) -> Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_width)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT, 14))
+        .light_line_style(BLACK.mix(0.04))
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend of `chart` in the common style, at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
+/// `(min, max)` of `values` (`(inf, -inf)` when empty).
+fn extent(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    values
+        .into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        })
+}
+
 /// Overlaid ID and OOD score histograms (densities, shared bins).
 struct Histogram<'a> {
     title: &'a str,
@@ -147,28 +201,19 @@ impl Figure for Histogram<'_> {
         area: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         area.fill(&WHITE)?;
-        let all = self.id.iter().chain(self.ood).copied();
-        let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
+        let (lo, hi) = extent(self.id.iter().chain(self.ood).copied());
         let hi = if hi > lo { hi } else { lo + 1.0 };
         let width = (hi - lo) / self.bins as f64;
         let id_d = self.densities(lo, width, self.id);
         let ood_d = self.densities(lo, width, self.ood);
         let top = id_d.iter().chain(&ood_d).copied().fold(0.0, f64::max) * 1.05;
-        let mut chart = ChartBuilder::on(area)
-            .caption(self.title, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(lo..hi, 0.0..top.max(f64::MIN_POSITIVE))?;
-        chart
-            .configure_mesh()
-            .x_desc("score (higher = more in-distribution)")
-            .y_desc("density")
-            .label_style((FONT, 14))
-            .light_line_style(BLACK.mix(0.04))
-            .draw()?;
+        let mut chart = styled_chart(
+            area,
+            self.title,
+            (lo..hi, 0.0..top.max(f64::MIN_POSITIVE)),
+            ("score (higher = more in-distribution)", "density"),
+            60,
+        )?;
         for (dens, color, name) in [
             (&id_d, ID_COLOR, "ID test".to_owned()),
             (&ood_d, OOD_COLOR, format!("OOD: {}", self.ood_name)),
@@ -183,13 +228,7 @@ impl Figure for Histogram<'_> {
                     Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -206,19 +245,16 @@ impl Figure for Roc<'_> {
         area: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         area.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(area)
-            .caption(self.title, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("false positive rate (OOD accepted)")
-            .y_desc("true positive rate (ID accepted)")
-            .label_style((FONT, 14))
-            .light_line_style(BLACK.mix(0.04))
-            .draw()?;
+        let mut chart = styled_chart(
+            area,
+            self.title,
+            (0.0..1.0, 0.0..1.0),
+            (
+                "false positive rate (OOD accepted)",
+                "true positive rate (ID accepted)",
+            ),
+            50,
+        )?;
         chart.draw_series(LineSeries::new(
             [(0.0, 0.0), (1.0, 1.0)],
             BLACK.mix(0.3).stroke_width(1),
@@ -234,14 +270,7 @@ impl Figure for Roc<'_> {
             ))?
             .label(format!("ROC (AUROC {:.2}%)", 100.0 * self.auroc))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], ID_COLOR.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
 
@@ -259,26 +288,15 @@ impl Figure for Sweep<'_> {
         area: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         area.fill(&WHITE)?;
-        let (x0, x1) = self
-            .xs
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-                (a.min(v), b.max(v))
-            });
+        let (x0, x1) = extent(self.xs.iter().copied());
         let pad = if x1 > x0 { 0.03 * (x1 - x0) } else { 1.0 };
-        let mut chart = ChartBuilder::on(area)
-            .caption(self.title, (FONT, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(x0 - pad..x1 + pad, 0.0..100.0)?;
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label)
-            .y_desc("percent (average over OOD sets)")
-            .label_style((FONT, 14))
-            .light_line_style(BLACK.mix(0.04))
-            .draw()?;
+        let mut chart = styled_chart(
+            area,
+            self.title,
+            (x0 - pad..x1 + pad, 0.0..100.0),
+            (self.x_label, "percent (average over OOD sets)"),
+            50,
+        )?;
         for (i, (name, ys)) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = self.xs.iter().copied().zip(ys.iter().copied()).collect();
@@ -290,13 +308,7 @@ impl Figure for Sweep<'_> {
                 });
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
