@@ -106,14 +106,8 @@ fn kept_points(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{asc, assert_matches_reference};
     use super::*;
-
-    /// `v` ascending, as the metrics take their inputs.
-    fn asc(v: &[f64]) -> Vec<f64> {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v
-    }
 
     #[test]
     fn trapezoid_like_numpy() {
@@ -206,15 +200,6 @@ mod tests {
 
     #[test]
     fn matches_cal_metric_including_ties() {
-        for (id, ood, want) in cal_metric_cases() {
-            let m = metrics(&asc(&id), &asc(&ood));
-            let got = [m.fpr95, m.auroc, m.aupr_in, m.aupr_out];
-            for (g, w) in got.iter().zip(want) {
-                assert!(
-                    (g - w).abs() < 1e-15,
-                    "{id:?} vs {ood:?}: {got:?} != {want:?}"
-                );
-            }
-        }
+        assert_matches_reference(cal_metric_cases(), metrics);
     }
 }

@@ -128,6 +128,37 @@ pub fn id_accuracy(predicted: &[usize], labels: &[i64]) -> Result<f64, EvalError
     Ok(correct as f64 / labels.len() as f64)
 }
 
+/// Helpers of the convention modules' tests.
+#[cfg(test)]
+mod testing {
+    use super::Metrics;
+
+    /// `v` ascending, as the convention modules take their inputs.
+    pub(super) fn asc(v: &[f64]) -> Vec<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// Asserts that `metrics` of every `(id, ood)` case equals the reference
+    /// `[fpr95, auroc, aupr_in, aupr_out]` within 1e-15.
+    pub(super) fn assert_matches_reference(
+        cases: Vec<(Vec<f64>, Vec<f64>, [f64; 4])>,
+        metrics: fn(&[f64], &[f64]) -> Metrics,
+    ) {
+        for (id, ood, want) in cases {
+            let m = metrics(&asc(&id), &asc(&ood));
+            let got = [m.fpr95, m.auroc, m.aupr_in, m.aupr_out];
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() < 1e-15,
+                    "{id:?} vs {ood:?}: {got:?} != {want:?}"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
