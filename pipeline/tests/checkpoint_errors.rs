@@ -16,6 +16,16 @@ fn checkpoint_error(e: PipelineError) -> CheckpointError {
     }
 }
 
+/// The error of loading the parity fixture's checkpoint (CIFAR-10 DenseNet-BC-100) into a
+/// model of `config`, and its message (printed); `None` when `../shared` is absent.
+fn mismatch_with(config: &DenseNetConfig) -> Option<(CheckpointError, String)> {
+    let (_, ckpt) = parity_fixture()?;
+    let err = checkpoint_error(load_densenet(config, &ckpt, &Device::flex()).unwrap_err());
+    let msg = err.to_string();
+    println!("{msg}");
+    Some((err, msg))
+}
+
 #[test]
 fn cifar100_checkpoint_into_a_10_class_model_names_the_head_shapes() {
     let Some(ckpt) = cifar100_checkpoint() else {
@@ -72,14 +82,11 @@ fn cifar100_checkpoint_loads_into_a_100_class_model() {
 /// per block too many in the checkpoint, and its transitions have other shapes.
 #[test]
 fn a_shallower_model_names_the_unexpected_layers() {
-    let Some((_, ckpt)) = parity_fixture() else {
-        return;
-    };
     let mut config = DenseNetConfig::densenet_bc_100(10);
     config.depth = 52;
-    let err = checkpoint_error(load_densenet(&config, &ckpt, &Device::flex()).unwrap_err());
-    let msg = err.to_string();
-    println!("{msg}");
+    let Some((err, msg)) = mismatch_with(&config) else {
+        return;
+    };
     match err {
         CheckpointError::StateDictMismatch {
             missing,
@@ -108,9 +115,6 @@ fn a_shallower_model_names_the_unexpected_layers() {
 /// Basic (non-bottleneck) layers need 3x3 `conv1` weights and no `bn2`/`conv2`.
 #[test]
 fn a_basic_layer_model_names_missing_unexpected_and_shapes() {
-    let Some((_, ckpt)) = parity_fixture() else {
-        return;
-    };
     let config = DenseNetConfig {
         depth: 52,
         growth_rate: 12,
@@ -120,9 +124,9 @@ fn a_basic_layer_model_names_missing_unexpected_and_shapes() {
         dropout: 0.0,
     };
     // 16 basic layers per block: same layer count as the checkpoint.
-    let err = checkpoint_error(load_densenet(&config, &ckpt, &Device::flex()).unwrap_err());
-    let msg = err.to_string();
-    println!("{msg}");
+    let Some((err, msg)) = mismatch_with(&config) else {
+        return;
+    };
     match err {
         CheckpointError::StateDictMismatch {
             missing,
@@ -149,14 +153,11 @@ fn a_basic_layer_model_names_missing_unexpected_and_shapes() {
 
 #[test]
 fn a_deeper_model_names_the_missing_layers() {
-    let Some((_, ckpt)) = parity_fixture() else {
-        return;
-    };
     let mut config = DenseNetConfig::densenet_bc_100(10);
     config.depth = 106;
-    let err = checkpoint_error(load_densenet(&config, &ckpt, &Device::flex()).unwrap_err());
-    let msg = err.to_string();
-    println!("{msg}");
+    let Some((err, msg)) = mismatch_with(&config) else {
+        return;
+    };
     assert!(
         msg.contains("missing key(s): block1.layer.16.bn1.weight"),
         "{msg}"

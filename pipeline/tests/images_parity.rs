@@ -87,39 +87,6 @@ fn fixture_rows_decode_resize_crop_and_normalise_bit_identically() {
     assert!(mismatched.is_empty(), "{mismatched:#?}");
 }
 
-/// The 48 fixture rows as an image set, to run them through the threaded loader.
-struct FileList {
-    root: PathBuf,
-    paths: Vec<String>,
-    labels: Vec<i32>,
-    classes: Vec<String>,
-}
-
-impl ImageSet for FileList {
-    fn location(&self) -> &Path {
-        &self.root
-    }
-    fn len(&self) -> u64 {
-        self.paths.len() as u64
-    }
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
-    fn path(&self, index: u64) -> &str {
-        &self.paths[index as usize]
-    }
-    fn label(&self, index: u64) -> i32 {
-        self.labels[index as usize]
-    }
-    fn full_path(&self, index: u64) -> PathBuf {
-        self.root.join(self.path(index))
-    }
-    fn read(&self, index: u64) -> Result<Vec<u8>, ImageError> {
-        let path = self.full_path(index);
-        std::fs::read(&path).map_err(|source| ImageError::Read { path, source })
-    }
-}
-
 #[test]
 fn threaded_loader_yields_fixture_inputs_in_order() {
     let (Some(fix), Some(data)) = (shared_path(FIXTURE), shared_path("data")) else {
@@ -127,12 +94,16 @@ fn threaded_loader_yields_fixture_inputs_in_order() {
     };
     let inputs: Array4<f32> = read_npy(fix.join("inputs.npy")).unwrap();
     let labels: Array1<i64> = read_npy(fix.join("labels.npy")).unwrap();
-    let set = Arc::new(FileList {
-        root: data,
-        paths: fixture_sources(&fix),
-        labels: labels.iter().map(|&l| l as i32).collect(),
-        classes: Vec::new(),
-    });
+    // The 48 fixture rows as an image set, to run them through the threaded loader.
+    let set = Arc::new(
+        ImageFolder::from_files(
+            data,
+            Vec::new(),
+            fixture_sources(&fix),
+            labels.iter().map(|&l| l as i32).collect(),
+        )
+        .unwrap(),
+    );
     let options = LoaderOptions {
         batch_size: 5,
         threads: 3,
@@ -153,7 +124,8 @@ fn threaded_loader_yields_fixture_inputs_in_order() {
         got_labels.extend(batch.labels);
     }
     assert_eq!(indices, (0..48).collect::<Vec<u64>>());
-    assert_eq!(got_labels, set.labels);
+    let want_labels: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+    assert_eq!(got_labels, want_labels);
     let expected = inputs.as_slice().unwrap();
     assert_eq!(data.len(), expected.len());
     assert!(

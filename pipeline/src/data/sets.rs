@@ -192,6 +192,29 @@ impl ImageFolder {
         })
     }
 
+    /// A set of files listed explicitly (paths relative to `root`, one label each) instead
+    /// of walked from class folders: an index file, a fixture's row list. An error when
+    /// the lists differ in length.
+    pub fn from_files(
+        root: impl AsRef<Path>,
+        classes: Vec<String>,
+        paths: Vec<String>,
+        labels: Vec<i32>,
+    ) -> Result<Self, DataError> {
+        if paths.len() != labels.len() {
+            return Err(DataError::InvalidConfig {
+                field: "labels",
+                reason: format!("{} labels for {} paths", labels.len(), paths.len()),
+            });
+        }
+        Ok(Self {
+            root: root.as_ref().to_owned(),
+            classes,
+            paths,
+            labels,
+        })
+    }
+
     /// The set's root folder.
     pub fn root(&self) -> &Path {
         &self.root
