@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use posthoc_pipeline::data::{DataError, Preprocess};
+use posthoc_pipeline::model::DenseNetConfig;
 use serde::{Deserialize, Serialize};
 
 /// A whole experiment config file.
@@ -53,6 +55,36 @@ pub struct ModelSection {
     pub checkpoint: PathBuf,
 }
 
+impl ModelSection {
+    /// The network of this section with dropout probability `dropout`; an error (naming
+    /// the config at `path`) unless `arch` is `densenet-bc`, the one implemented.
+    pub fn densenet(&self, path: &Path, dropout: f64) -> Result<DenseNetConfig, ConfigError> {
+        if self.arch != "densenet-bc" {
+            return Err(ConfigError::UnsupportedArch {
+                path: path.to_owned(),
+                arch: self.arch.clone(),
+            });
+        }
+        Ok(DenseNetConfig {
+            depth: self.depth,
+            growth_rate: self.growth_rate,
+            reduction: self.reduction,
+            bottleneck: self.bottleneck,
+            num_classes: self.num_classes,
+            dropout,
+        })
+    }
+
+    /// Class names in label order: `class_names`, or the label numbers when none are given.
+    pub fn labelled_classes(&self) -> Vec<String> {
+        if self.class_names.is_empty() {
+            (0..self.num_classes).map(|c| c.to_string()).collect()
+        } else {
+            self.class_names.clone()
+        }
+    }
+}
+
 /// `[preprocess]`: `Resize(resize)`, `CenterCrop(crop)`, `ToTensor`, `Normalize(mean, std)`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +97,18 @@ pub struct PreprocessSection {
     pub mean: [f32; 3],
     /// Per-channel standard deviation (RGB).
     pub std: [f32; 3],
+}
+
+impl PreprocessSection {
+    /// The checked transform this section describes.
+    pub fn transform(&self) -> Result<Preprocess, DataError> {
+        Preprocess::new(
+            Some(self.resize as usize),
+            self.crop as usize,
+            self.mean,
+            self.std,
+        )
+    }
 }
 
 /// Where an image set lives.
@@ -187,6 +231,14 @@ impl ClipValue {
 /// Errors reading a config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `[model] arch` names a network that is not implemented.
+    #[error("{}: [model] arch = {arch:?}: only \"densenet-bc\" is implemented", path.display())]
+    UnsupportedArch {
+        /// Config path.
+        path: PathBuf,
+        /// The `arch` given.
+        arch: String,
+    },
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
     Io {
@@ -252,6 +304,27 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_section_builds_the_network_and_refuses_other_archs() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cifar10-densenet100.toml");
+        let mut model = ExperimentConfig::load(&path).unwrap().model.unwrap();
+        let mut want = DenseNetConfig::densenet_bc_100(10);
+        want.dropout = 0.3;
+        assert_eq!(model.densenet(&path, 0.3).unwrap(), want);
+        assert_eq!(model.labelled_classes()[0], "airplane");
+        model.class_names.clear();
+        assert_eq!(
+            model.labelled_classes(),
+            ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+        );
+        model.arch = "resnet".into();
+        let e = model.densenet(Path::new("x.toml"), 0.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml: [model] arch = \"resnet\": only \"densenet-bc\" is implemented"
+        );
+    }
 
     #[test]
     fn a_missing_section_names_file_section_and_command() {

@@ -7,9 +7,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use posthoc::config::{ExperimentConfig, SetSource, required};
 use posthoc_cache::Role;
-use posthoc_pipeline::data::{ImageSetSpec, Preprocess};
+use posthoc_pipeline::data::ImageSetSpec;
 use posthoc_pipeline::extractor::{ExtractorBackend, FeatureExtractor};
-use posthoc_pipeline::model::DenseNetConfig;
 use posthoc_pipeline::precompute::{PrecomputeSpec, SetPlan, precompute};
 use tracing::info;
 
@@ -82,13 +81,7 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
     let model = required(&cfg.model, path, "model", "precompute")?;
     let pre = required(&cfg.preprocess, path, "preprocess", "precompute")?;
     let data = required(&cfg.data, path, "data", "precompute")?;
-    if model.arch != "densenet-bc" {
-        bail!(
-            "{}: [model] arch = {:?}: only \"densenet-bc\" is implemented",
-            path.display(),
-            model.arch
-        );
-    }
+    let net_config = model.densenet(path, 0.0)?;
     let out = args
         .out
         .clone()
@@ -98,21 +91,9 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         .batch_size
         .or(cfg.precompute.as_ref().map(|p| p.batch_size))
         .unwrap_or(128);
-    let preprocess = Preprocess::new(
-        Some(pre.resize as usize),
-        pre.crop as usize,
-        pre.mean,
-        pre.std,
-    )
-    .with_context(|| format!("{}: [preprocess]", path.display()))?;
-    let net_config = DenseNetConfig {
-        depth: model.depth,
-        growth_rate: model.growth_rate,
-        reduction: model.reduction,
-        bottleneck: model.bottleneck,
-        num_classes: model.num_classes,
-        dropout: 0.0,
-    };
+    let preprocess = pre
+        .transform()
+        .with_context(|| format!("{}: [preprocess]", path.display()))?;
     let checkpoint = args
         .checkpoint
         .clone()
@@ -124,11 +105,7 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         args.backend.parse::<ExtractorBackend>()?,
     )
     .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
-    let class_names = if model.class_names.is_empty() {
-        (0..model.num_classes).map(|c| c.to_string()).collect()
-    } else {
-        model.class_names.clone()
-    };
+    let class_names = model.labelled_classes();
 
     let mut sets = vec![
         SetPlan {

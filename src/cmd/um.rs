@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use posthoc::config::{ExperimentConfig, SetSource, required};
 use posthoc_pipeline::data::{ImageSet, ImageSetSpec, Preprocess};
@@ -128,36 +128,15 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     if let Some(out) = &common.out {
         um.out = out.clone();
     }
-    if model.arch != "densenet-bc" {
-        bail!(
-            "{}: [model] arch = {:?}: only \"densenet-bc\" is implemented",
-            path.display(),
-            model.arch
-        );
-    }
-    let preprocess = Preprocess::new(
-        Some(pre.resize as usize),
-        pre.crop as usize,
-        pre.mean,
-        pre.std,
-    )
-    .with_context(|| format!("{}: [preprocess]", path.display()))?;
-    let class_names = if model.class_names.is_empty() {
-        (0..model.num_classes).map(|c| c.to_string()).collect()
-    } else {
-        model.class_names.clone()
-    };
+    let net = model.densenet(path, um.dropout)?;
+    let preprocess = pre
+        .transform()
+        .with_context(|| format!("{}: [preprocess]", path.display()))?;
+    let class_names = model.labelled_classes();
     Ok(Loaded {
         config_path: path.clone(),
         config_estimate_file,
-        net: DenseNetConfig {
-            depth: model.depth,
-            growth_rate: model.growth_rate,
-            reduction: model.reduction,
-            bottleneck: model.bottleneck,
-            num_classes: model.num_classes,
-            dropout: um.dropout,
-        },
+        net,
         config,
         um,
         preprocess,
