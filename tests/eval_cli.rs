@@ -3,23 +3,17 @@
 //! --json` -> every expected metric of `expected_metrics.json` (both conventions) and
 //! ID accuracy within 1e-9; plus the errors a user meets at the command line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use common::posthoc_small;
+
 const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
 const TOL: f64 = 1e-9;
-
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/posthoc-small");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipping: ../shared/fixtures/posthoc-small not found");
-        None
-    }
-}
 
 fn posthoc(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -95,7 +89,7 @@ fn same_config(ours: &Value, expected: &Value) -> bool {
 }
 
 fn check_convention(cache: &Path, dir: &Path, convention: &str) {
-    let fixture = fixture_dir().unwrap();
+    let fixture = posthoc_small().unwrap();
     let json = dir.join(format!("{convention}.json"));
     let stdout = ok(&[
         "eval",
@@ -151,7 +145,9 @@ fn check_convention(cache: &Path, dir: &Path, convention: &str) {
 
 #[test]
 fn import_then_eval_matches_every_expected_metric_in_both_conventions() {
-    let Some(fixture) = fixture_dir() else { return };
+    let Some(fixture) = posthoc_small() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cache = import(&fixture, dir.path());
     let verify = ok(&["cache", "verify", cache.to_str().unwrap()]);
@@ -162,7 +158,9 @@ fn import_then_eval_matches_every_expected_metric_in_both_conventions() {
 
 #[test]
 fn flags_sweep_and_csv_has_one_row_per_config_and_set() {
-    let Some(fixture) = fixture_dir() else { return };
+    let Some(fixture) = posthoc_small() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cache = import(&fixture, dir.path());
     let csv = dir.path().join("r.csv");
@@ -202,7 +200,9 @@ fn flags_sweep_and_csv_has_one_row_per_config_and_set() {
 
 #[test]
 fn user_errors_name_what_is_wrong_and_exit_non_zero() {
-    let Some(fixture) = fixture_dir() else { return };
+    let Some(fixture) = posthoc_small() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cache = import(&fixture, dir.path());
     let c = cache.to_str().unwrap();
@@ -244,7 +244,9 @@ fn user_errors_name_what_is_wrong_and_exit_non_zero() {
 
 #[test]
 fn damaged_caches_are_refused_by_eval_and_verify_naming_the_file() {
-    let Some(fixture) = fixture_dir() else { return };
+    let Some(fixture) = posthoc_small() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cache = import(&fixture, dir.path());
     let c = cache.to_str().unwrap();

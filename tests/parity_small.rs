@@ -3,8 +3,10 @@
 //! ID-train statistics, the ReAct threshold, every mask, all 13 score columns of every
 //! set and every expected metric in both conventions, plus the ID accuracies.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis};
 use ndarray_npy::read_npy;
@@ -15,17 +17,9 @@ use posthoc::eval::{
 };
 use serde_json::Value;
 
-const OOD_SETS: [&str; 3] = ["isun", "tinyimagenet", "mnist"];
+use common::posthoc_small;
 
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/posthoc-small");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipping: ../shared/fixtures/posthoc-small not found");
-        None
-    }
-}
+const OOD_SETS: [&str; 3] = ["isun", "tinyimagenet", "mnist"];
 
 struct Fixture {
     dir: PathBuf,
@@ -99,7 +93,7 @@ fn train_means(
 
 #[test]
 fn posthoc_small_parity() {
-    let Some(dir) = fixture_dir() else { return };
+    let Some(dir) = posthoc_small() else { return };
     let fx = Fixture { dir };
     let stats = &fx.json("expected_stats.json");
 
