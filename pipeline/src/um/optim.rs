@@ -139,28 +139,31 @@ mod tests {
     /// e = 0..3, and with 2 warmup epochs of 6: 0.05, 0.1, then the cosine over 4 epochs.
     #[test]
     fn cosine_schedule_matches_the_repository_formula() {
-        let s = CosineSchedule::new(0.1, 4, 0).unwrap();
-        let want = [
-            0.1,
-            0.085_355_339_059_327_38,
-            0.05,
-            0.014_644_660_940_672_627,
-        ];
-        for (e, w) in want.iter().enumerate() {
-            assert!((s.lr(e) - w).abs() < 1e-15, "epoch {e}: {}", s.lr(e));
-        }
-        let s = CosineSchedule::new(0.1, 6, 2).unwrap();
-        let want = [
-            0.05,
-            0.1,
-            0.1,
-            0.085_355_339_059_327_38,
-            0.05,
-            0.014_644_660_940_672_627,
-        ];
-        for (e, w) in want.iter().enumerate() {
-            assert!((s.lr(e) - w).abs() < 1e-15, "epoch {e}: {}", s.lr(e));
-        }
+        let check = |s: CosineSchedule, want: &[f64]| {
+            for (e, w) in want.iter().enumerate() {
+                assert!((s.lr(e) - w).abs() < 1e-15, "epoch {e}: {}", s.lr(e));
+            }
+        };
+        check(
+            CosineSchedule::new(0.1, 4, 0).unwrap(),
+            &[
+                0.1,
+                0.085_355_339_059_327_38,
+                0.05,
+                0.014_644_660_940_672_627,
+            ],
+        );
+        check(
+            CosineSchedule::new(0.1, 6, 2).unwrap(),
+            &[
+                0.05,
+                0.1,
+                0.1,
+                0.085_355_339_059_327_38,
+                0.05,
+                0.014_644_660_940_672_627,
+            ],
+        );
         assert!(CosineSchedule::new(0.1, 0, 0).is_err());
         assert!(CosineSchedule::new(0.1, 3, 3).is_err());
         assert!(CosineSchedule::new(-1.0, 3, 0).is_err());
