@@ -45,7 +45,7 @@ pub struct NestedDice {
     order: Vec<usize>,
     classes: usize,
     width: usize,
-    /// `band_chunks[band * chunks + q]`: end (in segments) of chunk `q` of band `band`
+    /// `chunk_ends[band * chunks + q]`: end (in segments) of chunk `q` of band `band`
     /// (bands counted from the innermost).
     chunk_ends: Vec<usize>,
     /// Class and end (in `idx` / `val`) of each segment.
@@ -64,10 +64,11 @@ impl NestedDice {
         }
         let order = nested_order(masks)?;
         let (classes, width, k) = (head.classes(), head.width(), masks.len());
-        let mut level = vec![0u8; classes * width];
+        // How many masks keep each weight: its band, counted from the outermost.
+        let mut level = vec![0u32; classes * width];
         for mask in masks {
             for (l, &keep) in level.iter_mut().zip(mask.mask()) {
-                *l += u8::from(keep);
+                *l += u32::from(keep);
             }
         }
         let mut nested = NestedDice {
@@ -89,7 +90,7 @@ impl NestedDice {
                     .map(|c| {
                         let n = level[c * width..][chunk.clone()]
                             .iter()
-                            .filter(|&&l| usize::from(l) == band)
+                            .filter(|&&l| l as usize == band)
                             .count();
                         (n, c)
                     })
@@ -98,7 +99,7 @@ impl NestedDice {
                 segs.sort_unstable();
                 for (_, c) in segs {
                     for i in chunk.clone() {
-                        if usize::from(level[c * width + i]) == band {
+                        if level[c * width + i] as usize == band {
                             nested.idx.push((i - q) as u32);
                             nested.val.push(w[[c, i]]);
                         }
@@ -133,7 +134,7 @@ impl NestedDice {
         let tiles: Vec<TileResult> = (0..n.div_ceil(LANES))
             .into_par_iter()
             .map_init(
-                || TileBuffers::new(self.width, k * self.classes),
+                || TileBuffers::new(self.width, self.classes),
                 |buffers, tile| {
                     let rows = tile * LANES..((tile + 1) * LANES).min(n);
                     self.score_tile_dispatch(features, rows, clip, buffers)
@@ -168,42 +169,7 @@ impl NestedDice {
         clip: Option<f64>,
         buffers: &mut TileBuffers,
     ) -> TileResult {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                // SAFETY: the features were detected at run time.
-                return unsafe { self.score_tile_avx512(features, rows, clip, buffers) };
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: the features were detected at run time.
-                return unsafe { self.score_tile_avx2(features, rows, clip, buffers) };
-            }
-        }
-        self.score_tile::<false>(features, rows, clip, buffers)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,fma")]
-    fn score_tile_avx512(
-        &self,
-        features: ArrayView2<f32>,
-        rows: std::ops::Range<usize>,
-        clip: Option<f64>,
-        buffers: &mut TileBuffers,
-    ) -> TileResult {
-        self.score_tile::<true>(features, rows, clip, buffers)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn score_tile_avx2(
-        &self,
-        features: ArrayView2<f32>,
-        rows: std::ops::Range<usize>,
-        clip: Option<f64>,
-        buffers: &mut TileBuffers,
-    ) -> TileResult {
-        self.score_tile::<true>(features, rows, clip, buffers)
+        with_fused_simd!(|FUSED| self.score_tile::<FUSED>(features, rows, clip, buffers))
     }
 
     /// Energies and argmaxes of every mask for the samples `rows` (at most `LANES`).
@@ -215,11 +181,10 @@ impl NestedDice {
         clip: Option<f64>,
         buffers: &mut TileBuffers,
     ) -> TileResult {
-        let TileBuffers { xt, logits } = buffers;
+        let TileBuffers { xt, zsum } = buffers;
         transpose_clipped(features, rows, clip, xt);
         let k = self.order.len();
         let chunks = self.width.div_ceil(CHUNK);
-        let zsum = &mut logits[..self.classes];
         zsum.fill(Lanes::ZERO);
         let mut result = TileResult {
             energy: vec![Lanes::ZERO; k],
@@ -251,17 +216,17 @@ impl NestedDice {
 }
 
 /// Per-thread scratch of the sweep: a tile's features transposed (`m` x [`Lanes`]) and
-/// the logits of every mask (`K * C` x [`Lanes`], mask-major).
+/// the running logits, which after band `l` are those of mask `M_l` (`C` x [`Lanes`]).
 struct TileBuffers {
     xt: Vec<Lanes>,
-    logits: Vec<Lanes>,
+    zsum: Vec<Lanes>,
 }
 
 impl TileBuffers {
-    fn new(width: usize, logit_rows: usize) -> Self {
+    fn new(width: usize, classes: usize) -> Self {
         TileBuffers {
             xt: vec![Lanes::ZERO; width],
-            logits: vec![Lanes::ZERO; logit_rows],
+            zsum: vec![Lanes::ZERO; classes],
         }
     }
 }

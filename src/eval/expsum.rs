@@ -86,38 +86,11 @@ fn sum_exp_with<const FUSED: bool>(z: &[f64], arg: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,fma")]
-fn sum_exp_avx512(z: &[f64], arg: impl Fn(f64) -> f64) -> f64 {
-    sum_exp_with::<true>(z, arg)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn sum_exp_avx2(z: &[f64], arg: impl Fn(f64) -> f64) -> f64 {
-    sum_exp_with::<true>(z, arg)
-}
-
 /// `sum_j exp(arg(z_j))` with the widest vector instructions this CPU has. `arg` must
 /// be cheap and inlinable (a shift, a division).
 #[inline]
 pub(crate) fn sum_exp(z: &[f64], arg: impl Fn(f64) -> f64) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected at run time.
-            return unsafe { sum_exp_avx512(z, arg) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected at run time.
-            return unsafe { sum_exp_avx2(z, arg) };
-        }
-    }
-    sum_exp_with::<false>(z, arg)
+    with_fused_simd!(|FUSED| sum_exp_with::<FUSED>(z, &arg))
 }
 
 #[cfg(test)]

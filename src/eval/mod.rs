@@ -5,6 +5,47 @@
 //! Definitions follow `docs/methods.md`. Everything after the cached `f32` features is
 //! computed in `f64`.
 
+/// Runs `$call` with `const $fused: bool` set: `true`, compiled for AVX-512 (F, DQ) or
+/// AVX2 with fused multiply-add where the CPU has them (checked at run time), else
+/// `false` with the build's baseline instructions. The kernels are plain loops that the
+/// compiler vectorises for the enabled features; `$fused` selects `mul_add` in them.
+macro_rules! with_fused_simd {
+    (|$fused:ident| $call:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512dq,fma")]
+            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+            {
+                const $fused: bool = true;
+                // SAFETY: the CPU supports AVX-512 F/DQ and FMA (checked at run time).
+                unsafe { avx512(|| $call) }
+            } else if fma && std::arch::is_x86_feature_detected!("avx2") {
+                const $fused: bool = true;
+                // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                unsafe { avx2(|| $call) }
+            } else {
+                const $fused: bool = false;
+                $call
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            const $fused: bool = false;
+            $call
+        }
+    }};
+}
+
 pub mod dice_sweep;
 pub mod engine;
 mod expsum;
