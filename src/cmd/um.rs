@@ -16,7 +16,9 @@ use posthoc_pipeline::um::config::{ConstraintSource, UmSection};
 use posthoc_pipeline::um::data::{Subset, TrainImages};
 use posthoc_pipeline::um::estimate::{Estimate, estimate_from_cache, estimate_repository};
 use posthoc_pipeline::um::tensors::write_atomic;
-use posthoc_pipeline::um::train::{MODEL_FILE, TrainRun, cpu_training_device, load_pretrained};
+use posthoc_pipeline::um::train::{
+    MODEL_FILE, TrainRun, cpu_training_device, load_pretrained, reuse_freed_memory,
+};
 use posthoc_pipeline::um::{BatchNormMode, UmNet, Variant};
 use tracing::info;
 
@@ -302,6 +304,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         out = %l.um.out.display(),
         "UM fine-tuning"
     );
+    // Before the training allocates: its step buffers are then reused, not remapped.
+    reuse_freed_memory();
     let loaded = load_pretrained(&l.net, &l.um.pretrained)
         .with_context(|| format!("loading {}", l.um.pretrained.display()))?;
     let mut net = UmNet::from_densenet(&loaded.model, &loaded.plan, settings.net, settings.seed)?;

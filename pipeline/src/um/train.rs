@@ -536,10 +536,9 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), UmError> {
     write_atomic(path, out.as_bytes())
 }
 
-/// The training device of the CLI: burn's `flex` CPU backend with autodiff. Also keeps
-/// freed memory in the process ([`reuse_freed_memory`]).
+/// The training device of the CLI: burn's `flex` CPU backend with autodiff (call
+/// [`reuse_freed_memory`] first in a process that trains at full batch size).
 pub fn cpu_training_device() -> Device {
-    reuse_freed_memory();
     Device::flex().autodiff()
 }
 
