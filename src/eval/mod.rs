@@ -113,6 +113,14 @@ pub enum EvalError {
         /// The known names, comma separated.
         known: String,
     },
+    /// A metric convention no metric module answers to.
+    #[error("--convention {name}: expected one of {known}")]
+    UnknownConvention {
+        /// The name given.
+        name: String,
+        /// The known names, comma separated.
+        known: String,
+    },
     /// A parameter flag given for methods none of which take it.
     #[error("{flag} does not apply to {methods} (it applies to {applies_to})")]
     NotApplicable {

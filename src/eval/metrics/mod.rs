@@ -49,6 +49,33 @@ pub enum Convention {
     Dice,
 }
 
+impl Convention {
+    /// Every convention, in the order they are listed.
+    pub const ALL: [Convention; 2] = [Convention::Sklearn, Convention::Dice];
+
+    /// The command-line / JSON name (`sklearn`, `dice`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Convention::Sklearn => "sklearn",
+            Convention::Dice => "dice",
+        }
+    }
+}
+
+impl std::str::FromStr for Convention {
+    type Err = EvalError;
+
+    fn from_str(name: &str) -> Result<Self, EvalError> {
+        Convention::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| EvalError::UnknownConvention {
+                name: name.to_owned(),
+                known: Convention::ALL.map(Convention::as_str).join(", "),
+            })
+    }
+}
+
 fn check_scores(what: &'static str, scores: &[f64]) -> Result<(), EvalError> {
     if scores.is_empty() {
         return Err(EvalError::Empty { what });
