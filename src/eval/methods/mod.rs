@@ -372,8 +372,7 @@ mod tests {
         let s = synthetic(true);
         let inputs = inputs(&s);
         let e = evaluate(&inputs, &settings("mahalanobis", &[]), Convention::Sklearn)
-            .err()
-            .expect("singular covariance refused");
+            .expect_err("singular covariance refused");
         let msg = e.to_string();
         assert!(
             msg.starts_with(
@@ -397,8 +396,7 @@ mod tests {
         let mut inputs = inputs(&s);
         inputs.train = None;
         let e = evaluate(&inputs, &settings("she", &[]), Convention::Sklearn)
-            .err()
-            .unwrap();
+            .expect_err("no train split");
         assert!(
             e.to_string()
                 .starts_with("she fits on the ID-train features"),
