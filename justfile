@@ -97,3 +97,28 @@ um um_config="configs/cifar10-densenet100-um.toml" *ARGS: setup build-release
     "$bin" eval --config {{um_config}} --cache "$(sed -n 's/^out = "\(.*\)"/\1/p' {{config}} | head -1)"
     echo "== fine-tuned ({{um_config}})"
     "$bin" eval --config {{um_config}}
+
+# --- method zoo (issue 9) ---
+
+# Every method at its paper setting plus small sweeps on the default cache, one table.
+eval-zoo *ARGS: build-release
+    "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config configs/cifar10-densenet100-zoo.toml --json out/eval-zoo.json --csv out/eval-zoo.csv {{ARGS}}
+
+# The zoo vs pytorch-ood 0.4.0 (22 peer settings x 3 OOD sets, whole processes, ratio
+# printed) and the ImageNet-size KNN / NNGuide case (time, peak RSS). pytorch-ood gets its
+# own venv (.venv-bench-ood); ZOO_TORCH_VENV=DIR reuses an existing one with torch and
+# pytorch-ood 0.4.0. ARGS go to bench/run_zoo_bench.py, e.g. `--cases peers --reps 5`.
+bench-zoo *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${ZOO_TORCH_VENV:-.venv-bench-ood}"
+    if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+    "$venv/bin/python" -c 'import pytorch_ood, torch, sklearn' 2>/dev/null \
+        || "$venv/bin/pip" install --quiet torch==2.15.0 pytorch-ood==0.4.0 scikit-learn==1.9.1 numpy==2.4.6
+    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
+    .venv-bench/bin/python -c 'import numpy' 2>/dev/null || .venv-bench/bin/pip install --quiet numpy==2.4.6
+    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
+        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
+    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc-zoo
+    echo "load: $(uptime)"
+    "$venv/bin/python" bench/run_zoo_bench.py --posthoc .bench/bin/posthoc-zoo --python "$venv/bin/python" --bench-python .venv-bench/bin/python {{ARGS}}

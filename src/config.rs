@@ -165,6 +165,10 @@ pub struct EvalSection {
     pub convention: Option<String>,
     /// OOD sets to report (default: every OOD set in the cache).
     pub ood: Option<Vec<String>>,
+    /// Named groups of OOD sets (`near = ["isun"]`, `far = ["mnist", "dtd"]`), each
+    /// reported as an extra average row per configuration, as OpenOOD's tables do.
+    #[serde(default)]
+    pub groups: indexmap::IndexMap<String, Vec<String>>,
     /// The sweep: each entry expands to the cartesian product of its lists.
     #[serde(default)]
     pub run: Vec<RunSection>,
@@ -174,7 +178,7 @@ pub struct EvalSection {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
-    /// Method name (`msp`, `maxlogit`, `energy`, `temp-msp`, `react`, `dice`, `dice-react`, `line`, `himplos`).
+    /// Method name (`msp`, `dice`, `knn`, ...: `posthoc eval --help` lists them).
     pub method: String,
     /// Sparsity percentages.
     pub p: Option<OneOrMany<f64>>,
@@ -186,6 +190,62 @@ pub struct RunSection {
     pub p_a: Option<OneOrMany<f64>>,
     /// LINe weight-mask percentile.
     pub p_w: Option<OneOrMany<f64>>,
+    /// GEN's exponent.
+    pub gamma: Option<OneOrMany<f64>>,
+    /// GEN's M.
+    pub top_m: Option<OneOrMany<f64>>,
+    /// Nearest neighbours (knn, nnguide).
+    pub k: Option<OneOrMany<f64>>,
+    /// ViM / Residual dimension D.
+    pub dim: Option<OneOrMany<f64>>,
+    /// KNN / NNGuide bank fraction.
+    pub bank_fraction: Option<OneOrMany<f64>>,
+    /// Logit score after activation shaping (`energy`, `msp`, `maxlogit`, `gen`).
+    pub score: Option<OneOrMany<String>>,
+    /// `paper` or `pytorch-ood`.
+    pub variant: Option<OneOrMany<String>>,
+}
+
+impl RunSection {
+    /// The parameter lists given, as the command line would spell them
+    /// (`(Param::K, "10,50")`), in [`Param::ALL`] order.
+    pub fn values(&self) -> Vec<(crate::eval::sweep::Param, String)> {
+        use crate::eval::sweep::Param;
+        let nums = |o: &Option<OneOrMany<f64>>| {
+            o.as_ref().map(|v| {
+                v.to_vec()
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        };
+        let texts = |o: &Option<OneOrMany<String>>| o.as_ref().map(|v| v.to_vec().join(","));
+        let clip = self.clip.as_ref().map(|v| {
+            v.to_vec()
+                .iter()
+                .map(ClipValue::to_cli_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        [
+            (Param::P, nums(&self.p)),
+            (Param::Clip, clip),
+            (Param::Temperature, nums(&self.temperature)),
+            (Param::PA, nums(&self.p_a)),
+            (Param::PW, nums(&self.p_w)),
+            (Param::Gamma, nums(&self.gamma)),
+            (Param::TopM, nums(&self.top_m)),
+            (Param::K, nums(&self.k)),
+            (Param::Dim, nums(&self.dim)),
+            (Param::BankFraction, nums(&self.bank_fraction)),
+            (Param::Score, texts(&self.score)),
+            (Param::Variant, texts(&self.variant)),
+        ]
+        .into_iter()
+        .filter_map(|(p, v)| v.map(|v| (p, v)))
+        .collect()
+    }
 }
 
 /// A TOML scalar or array.

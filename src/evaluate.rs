@@ -10,11 +10,15 @@ use posthoc_cache::{CacheError, FeatureCache, Role, SplitFeatures, TrainStats, p
 use rayon::prelude::*;
 use tracing::info;
 
+use indexmap::IndexMap;
+
 use crate::config::{ExperimentConfig, RunSection};
-use crate::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate};
+use crate::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate, needs_train};
+use crate::eval::methods::TrainSet;
+use crate::eval::select::{SelectMetric, ValFraction, best_per_method};
 use crate::eval::sweep::{MethodName, Setting, SweepSpec, SweepValues};
 use crate::eval::{Convention, EvalError, Head64};
-use crate::report::EvalRow;
+use crate::report::{self, EvalRow};
 
 /// Errors of a whole evaluation request.
 #[derive(Debug, thiserror::Error)]
@@ -44,24 +48,13 @@ pub enum RunError {
 
 /// The settings of one `[[eval.run]]`.
 fn run_settings(run: &RunSection) -> Result<Vec<Setting>, EvalError> {
-    let join = |v: Vec<String>| v.join(",");
-    let nums = |o: &Option<crate::config::OneOrMany<f64>>| {
-        o.as_ref()
-            .map(|v| join(v.to_vec().iter().map(|x| x.to_string()).collect()))
-    };
-    let clip = run
-        .clip
-        .as_ref()
-        .map(|v| join(v.to_vec().iter().map(|c| c.to_cli_string()).collect()));
+    let mut values = SweepValues::default();
+    for (param, text) in run.values() {
+        values.set(param, &text)?;
+    }
     SweepSpec {
         methods: vec![run.method.parse()?],
-        values: SweepValues::parse(
-            nums(&run.p).as_deref(),
-            clip.as_deref(),
-            nums(&run.temperature).as_deref(),
-            nums(&run.p_a).as_deref(),
-            nums(&run.p_w).as_deref(),
-        )?,
+        values,
     }
     .settings()
 }
@@ -80,9 +73,9 @@ pub fn request_settings(
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(SweepSpec { methods, values }.settings()?);
     }
-    if values != SweepValues::default() {
+    if !values.is_empty() {
         return Err(RunError::Request(
-            "parameter flags (--p, --clip, --temperature, --p-a, --p-w) need --method".into(),
+            "parameter flags (--p, --clip, --temperature, --k, ...) need --method".into(),
         ));
     }
     match config {
@@ -192,6 +185,87 @@ pub fn ood_sets(
     Ok(wanted)
 }
 
+/// Hyperparameter selection on a validation split (`--select`): the metric, the OOD set
+/// held out for validation, and the seeded share of ID-test rows held out with it.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// What is maximised (AUROC) or minimised (FPR95) on the validation split.
+    pub metric: SelectMetric,
+    /// The OOD set used only for validation (left out of the reported sets).
+    pub val_ood: String,
+    /// Share of the ID-test rows held out for validation.
+    pub fraction: ValFraction,
+}
+
+impl Selection {
+    /// The selection of `--select METRIC --val-ood SET --val-fraction F`, checked against
+    /// the cache; `None` when neither `select` nor `val_ood` is given.
+    pub fn from_request(
+        select: Option<&str>,
+        val_ood: Option<&str>,
+        val_fraction: &str,
+        cache: &FeatureCache,
+    ) -> Result<Option<Selection>, RunError> {
+        match (select, val_ood) {
+            (Some(metric), Some(val_ood)) => {
+                let metric: SelectMetric = metric.parse()?;
+                let fraction: ValFraction = val_fraction.parse()?;
+                let available = cache.sets(Role::Ood);
+                if !available.iter().any(|s| s == val_ood) {
+                    return Err(RunError::Request(format!(
+                        "--val-ood {val_ood:?} is not an OOD set of cache {} (it has: {})",
+                        cache.dir().display(),
+                        available.join(", ")
+                    )));
+                }
+                Ok(Some(Selection {
+                    metric,
+                    val_ood: val_ood.to_owned(),
+                    fraction,
+                }))
+            }
+            (Some(_), None) => Err(RunError::Request(
+                "--select needs --val-ood SET (an OOD set held out for validation)".into(),
+            )),
+            (None, Some(_)) => Err(RunError::Request(
+                "--val-ood needs --select auroc|fpr95".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Checks that every `[eval.groups]` member is an evaluated OOD set and that no group
+/// is named like a set or `average`.
+pub fn check_groups(
+    path: &Path,
+    groups: &IndexMap<String, Vec<String>>,
+    ood_names: &[String],
+) -> Result<(), RunError> {
+    for (name, members) in groups {
+        if ood_names.contains(name) || name == report::AVERAGE {
+            return Err(RunError::Request(format!(
+                "{}: [eval.groups] {name:?}: a group cannot be named like an OOD set or \"average\"",
+                path.display()
+            )));
+        }
+        if members.is_empty() {
+            return Err(RunError::Request(format!(
+                "{}: [eval.groups] {name:?} is empty",
+                path.display()
+            )));
+        }
+        if let Some(m) = members.iter().find(|m| !ood_names.contains(m)) {
+            return Err(RunError::Request(format!(
+                "{}: [eval.groups] {name:?} names {m:?}, which is not among the evaluated OOD sets ({})",
+                path.display(),
+                ood_names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `q -> percentile of all ID-train activations` from the stored grid, else exactly from
 /// the ID-train features (numpy's float32 interpolation, as the reference code gets it).
 fn train_percentile_fn<'a>(
@@ -236,31 +310,62 @@ fn train_percentile_fn<'a>(
 pub struct CacheEvaluation {
     /// The ID-test split's name.
     pub id_set: String,
-    /// The OOD sets, in report order.
+    /// The reported OOD sets, in report order (without a validation set).
     pub ood_sets: Vec<String>,
+    /// ID-test rows the reported metrics use (all of them, or those left after the
+    /// validation hold-out).
+    pub n_id: usize,
     /// One result per setting, in request order (scores of every set, metrics).
     pub results: Vec<Evaluation>,
-    /// Long-format rows: per setting, one row per OOD set then the average.
+    /// Long-format rows: per setting, one row per OOD set, one per OOD set group, then
+    /// the average; with a selection, `selected` says which setting each method picked.
     pub rows: Vec<EvalRow>,
 }
 
-/// Reads the head, the ID-train statistics, the ID-test split and `ood_sets` of `cache`
-/// once (in parallel), evaluates every setting and returns the results and rows.
+/// What to evaluate on a cache besides the settings: the reported OOD sets, the metric
+/// convention, OOD set groups reported as extra average rows, and an optional selection.
+#[derive(Debug, Clone, Default)]
+pub struct EvalRequest {
+    /// OOD sets to report, in order (a selection's validation set is left out of them).
+    pub ood_sets: Vec<String>,
+    /// Metric convention.
+    pub convention: Convention,
+    /// `[eval.groups]`: name -> member OOD sets (checked with [`check_groups`]).
+    pub groups: IndexMap<String, Vec<String>>,
+    /// Pick each method's best setting on a validation split.
+    pub selection: Option<Selection>,
+}
+
+/// Reads the head, the ID-train statistics, the ID-test split, the OOD sets (and the
+/// ID-train split when a method fits on it) of `cache` once, in parallel, evaluates every
+/// setting and returns the results and rows.
 pub fn evaluate_cache(
     cache: &FeatureCache,
     settings: &[Setting],
-    ood_sets: &[String],
-    convention: Convention,
+    request: &EvalRequest,
 ) -> Result<CacheEvaluation, RunError> {
     let started = Instant::now();
+    let convention = request.convention;
     let id_name = cache.id_test().ok_or_else(|| {
         RunError::Request(format!(
             "cache {} has no ID-test split",
             cache.dir().display()
         ))
     })?;
+    let mut ood_names = request.ood_sets.clone();
+    let selection = request.selection.as_ref();
+    if let Some(sel) = selection {
+        ood_names.retain(|n| *n != sel.val_ood);
+        if ood_names.is_empty() {
+            return Err(RunError::Request(format!(
+                "--val-ood {}: no OOD set is left to report on",
+                sel.val_ood
+            )));
+        }
+    }
     let names: Vec<&str> = std::iter::once(id_name.as_str())
-        .chain(ood_sets.iter().map(String::as_str))
+        .chain(ood_names.iter().map(String::as_str))
+        .chain(selection.map(|s| s.val_ood.as_str()))
         .collect();
     let (head, (stats, splits)) = rayon::join(
         || cache.head(),
@@ -277,6 +382,21 @@ pub fn evaluate_cache(
         },
     );
     let (head, stats, splits) = (head?, stats?, splits?);
+    // The ID-train split, only when a selected method fits on it.
+    let train = if needs_train(settings) {
+        let name = cache.id_train().ok_or_else(|| {
+            RunError::Request(format!(
+                "cache {} has no ID-train split (knn, mahalanobis, vim, ... fit on it)",
+                cache.dir().display()
+            ))
+        })?;
+        let split = cache.split_features(&name)?;
+        let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+        info!(rows = split.rows(), "ID-train split read");
+        Some((split, labels))
+    } else {
+        None
+    };
     info!(
         sets = splits.len(),
         rows = splits.iter().map(|s| s.rows()).sum::<usize>(),
@@ -296,7 +416,7 @@ pub fn evaluate_cache(
             features: splits[0].features.view(),
         },
         id_labels: &labels,
-        ood: ood_sets
+        ood: ood_names
             .iter()
             .zip(&splits[1..])
             .map(|(name, s)| ScoreSet {
@@ -304,53 +424,132 @@ pub fn evaluate_cache(
                 features: s.features.view(),
             })
             .collect(),
+        train: train.as_ref().map(|(split, labels)| TrainSet {
+            features: split.features.view(),
+            labels,
+        }),
     };
-    let results = evaluate(&inputs, settings, convention)?;
+    let (results, n_id, selected) = match selection {
+        None => (
+            evaluate(&inputs, settings, convention)?,
+            splits[0].rows(),
+            None,
+        ),
+        Some(sel) => {
+            let (val_rows, test_rows) = sel.fraction.split(splits[0].rows())?;
+            let pick = |rows: &[usize]| {
+                (
+                    splits[0].features.select(ndarray::Axis(0), rows),
+                    rows.iter().map(|&r| labels[r]).collect::<Vec<i64>>(),
+                )
+            };
+            let ((val_f, val_l), (test_f, test_l)) = (pick(&val_rows), pick(&test_rows));
+            let val_split = splits.last().expect("the validation OOD set was read");
+            let validation = evaluate(
+                &EvalInputs {
+                    id: ScoreSet {
+                        name: &id_name,
+                        features: val_f.view(),
+                    },
+                    id_labels: &val_l,
+                    ood: vec![ScoreSet {
+                        name: &sel.val_ood,
+                        features: val_split.features.view(),
+                    }],
+                    ..inputs
+                },
+                settings,
+                convention,
+            )?;
+            let chosen = best_per_method(&validation, sel.metric);
+            info!(
+                validation_id_rows = val_rows.len(),
+                val_ood = %sel.val_ood,
+                "selected on the validation split"
+            );
+            let tested = evaluate(
+                &EvalInputs {
+                    id: ScoreSet {
+                        name: &id_name,
+                        features: test_f.view(),
+                    },
+                    id_labels: &test_l,
+                    ..inputs
+                },
+                settings,
+                convention,
+            )?;
+            (tested, test_rows.len(), Some(chosen))
+        }
+    };
     info!(
         settings = results.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "scored"
     );
-    let rows = rows_of(&results, &id_name, ood_sets, &splits, convention);
+    let n_ood: Vec<usize> = splits[1..=ood_names.len()]
+        .iter()
+        .map(|s| s.rows())
+        .collect();
+    let rows = rows_of(
+        &results,
+        &id_name,
+        &ood_names,
+        (n_id, &n_ood),
+        convention,
+        &request.groups,
+        selected.as_deref(),
+    );
     Ok(CacheEvaluation {
         id_set: id_name,
-        ood_sets: ood_sets.to_vec(),
+        ood_sets: ood_names,
+        n_id,
         results,
         rows,
     })
 }
 
-/// Long-format rows: per setting, one row per OOD set then the average.
+/// Long-format rows: per setting, one row per OOD set, one per OOD set group (its
+/// members' mean), then the average over all sets; `counts` = ID rows and rows per OOD
+/// set; `selected` = whether each setting was selected (with a selection).
 fn rows_of(
     results: &[Evaluation],
     id_name: &str,
     ood_names: &[String],
-    splits: &[SplitFeatures],
+    counts: (usize, &[usize]),
     convention: Convention,
+    groups: &IndexMap<String, Vec<String>>,
+    selected: Option<&[bool]>,
 ) -> Vec<EvalRow> {
     let mut rows = Vec::new();
-    for r in results {
+    for (i, r) in results.iter().enumerate() {
         let per_set: Vec<EvalRow> = ood_names
             .iter()
             .zip(&r.metrics)
-            .zip(&splits[1..])
-            .map(|((name, m), split)| EvalRow {
+            .zip(counts.1)
+            .map(|((name, m), &n_ood)| EvalRow {
                 method: r.setting.method().as_str().to_owned(),
                 params: r.params.clone(),
                 id_set: id_name.to_owned(),
                 ood_set: name.clone(),
-                n_id: splits[0].rows(),
-                n_ood: split.rows(),
+                n_id: counts.0,
+                n_ood,
                 fpr95: m.fpr95,
                 auroc: m.auroc,
                 aupr_in: m.aupr_in,
                 aupr_out: m.aupr_out,
                 id_accuracy: r.id_accuracy,
                 convention: convention.as_str().to_owned(),
+                selected: selected.map(|s| s[i]),
             })
             .collect();
         let avg = EvalRow::average(&per_set);
+        let grouped: Vec<EvalRow> = groups
+            .iter()
+            .filter_map(|(name, members)| EvalRow::group_average(&per_set, name, members))
+            .collect();
         rows.extend(per_set);
+        rows.extend(grouped);
         rows.extend(avg);
     }
     rows

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Score a cache with one or more methods and print FPR95 / AUROC / AUPR tables.
-    Eval(cmd::eval::EvalArgs),
+    Eval(Box<cmd::eval::EvalArgs>),
     /// Run the config's backbone over its image sets and write the feature cache.
     Precompute(cmd::precompute::PrecomputeArgs),
     /// Inspect, verify, import or merge feature caches.
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
-        Command::Eval(args) => cmd::eval::run(args),
+        Command::Eval(args) => cmd::eval::run(*args),
         Command::Cache(c) => cmd::cache::run(c),
         Command::Precompute(args) => cmd::precompute::run(args),
         Command::Um(c) => cmd::um::run(c),

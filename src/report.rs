@@ -12,6 +12,18 @@ use serde_json::{Map, Value};
 /// Parameter keys in the order they are printed and written as CSV columns.
 pub const PARAM_KEYS: [&str; 6] = ["p", "clip", "clip_percentile", "temperature", "p_a", "p_w"];
 
+/// The zoo's parameter keys: printed after [`PARAM_KEYS`], and CSV columns only when a
+/// row has them (so a run of the seed methods keeps its columns).
+pub const ZOO_PARAM_KEYS: [&str; 7] = [
+    "gamma",
+    "top_m",
+    "k",
+    "dim",
+    "bank_fraction",
+    "score",
+    "variant",
+];
+
 /// The `ood_set` name of the average row of a configuration.
 pub const AVERAGE: &str = "average";
 
@@ -40,8 +52,12 @@ pub struct EvalRow {
     pub aupr_out: f64,
     /// Accuracy on the ID test set of the logits this configuration uses.
     pub id_accuracy: f64,
-    /// Metric convention (`sklearn` or `dice`).
+    /// Metric convention (`sklearn`, `dice` or `openood`).
     pub convention: String,
+    /// With `--select`: whether this is its method's setting selected on the validation
+    /// split (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected: Option<bool>,
 }
 
 impl EvalRow {
@@ -61,6 +77,20 @@ impl EvalRow {
         })
     }
 
+    /// The mean of the rows of `rows` whose OOD set is in `members`, as a row named
+    /// `name` (an OOD set group's average; `None` when no row is in the group).
+    pub fn group_average(rows: &[EvalRow], name: &str, members: &[String]) -> Option<EvalRow> {
+        let picked: Vec<EvalRow> = rows
+            .iter()
+            .filter(|r| members.contains(&r.ood_set))
+            .cloned()
+            .collect();
+        Self::average(&picked).map(|r| EvalRow {
+            ood_set: name.to_owned(),
+            ..r
+        })
+    }
+
     /// The configuration's label, e.g. `dice p=90 clip=1 (p90)`.
     pub fn config_label(&self) -> String {
         let mut label = self.method.clone();
@@ -76,7 +106,7 @@ impl EvalRow {
 /// `p=90 clip=0.4015 (p90) T=1` from a params object.
 pub fn params_label(params: &Map<String, Value>) -> String {
     let mut parts = Vec::new();
-    for key in PARAM_KEYS {
+    for key in PARAM_KEYS.into_iter().chain(ZOO_PARAM_KEYS) {
         let Some(v) = params.get(key) else { continue };
         match key {
             "clip_percentile" => continue,
@@ -204,8 +234,14 @@ pub fn write_json(path: &Path, rows: &[EvalRow]) -> std::io::Result<()> {
 /// such parameter), atomically.
 pub fn write_csv(path: &Path, rows: &[EvalRow]) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
+    let mut keys: Vec<&str> = PARAM_KEYS.to_vec();
+    keys.extend(
+        ZOO_PARAM_KEYS
+            .into_iter()
+            .filter(|k| rows.iter().any(|r| r.params.contains_key(*k))),
+    );
     let mut header = vec!["method"];
-    header.extend(PARAM_KEYS);
+    header.extend(&keys);
     header.extend([
         "id_set",
         "ood_set",
@@ -218,10 +254,14 @@ pub fn write_csv(path: &Path, rows: &[EvalRow]) -> std::io::Result<()> {
         "id_accuracy",
         "convention",
     ]);
+    let with_selected = rows.iter().any(|r| r.selected.is_some());
+    if with_selected {
+        header.push("selected");
+    }
     w.write_record(&header).map_err(std::io::Error::other)?;
     for r in rows {
         let mut rec = vec![r.method.clone()];
-        rec.extend(PARAM_KEYS.iter().map(|k| match r.params.get(*k) {
+        rec.extend(keys.iter().map(|k| match r.params.get(*k) {
             None => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
@@ -238,6 +278,9 @@ pub fn write_csv(path: &Path, rows: &[EvalRow]) -> std::io::Result<()> {
             format!("{:?}", r.id_accuracy),
             r.convention.clone(),
         ]);
+        if with_selected {
+            rec.push(r.selected.map_or(String::new(), |s| s.to_string()));
+        }
         w.write_record(&rec).map_err(std::io::Error::other)?;
     }
     let bytes = w
@@ -280,6 +323,7 @@ mod tests {
             aupr_out: 0.7,
             id_accuracy: 0.94,
             convention: "sklearn".into(),
+            selected: None,
         }
     }
 

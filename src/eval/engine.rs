@@ -1,12 +1,14 @@
 //! The sweep engine: scores every [`Setting`] on the ID test set and every OOD set and
 //! computes the metrics, doing each piece of shared work once.
 //!
-//! Plan: settings are grouped into *passes* over the features. All logit-only scores
-//! (MSP, MaxLogit, energy and temperature-scaled MSP at any temperature) share one pass
-//! of the plain head; each distinct clip value is one pass shared by every score that
-//! uses it; DICE masks for all sparsities come from one sort of `V = mu * W` and each
-//! masked head is built once, then shared by DICE and DICE + ReAct; LINe and HIMPLoS
-//! masks are built once per parameter pair. Passes x sets run in parallel (rayon), and
+//! Plan: each setting's method (the registry, [`super::methods`]) turns it into a
+//! request, fitting on ID-train data once per fit key. Linear requests are grouped into
+//! *passes* over the features: all logit-only scores (MSP, MaxLogit, energy, entropy,
+//! GEN, temperature-scaled MSP at any temperature) share one pass of the plain head;
+//! each distinct shaping (a clip value, an ASH or SCALE percentile) is one pass shared by
+//! every score that uses it; DICE masks for all sparsities come from one sort of
+//! `V = mu * W` and each masked head is built once, then shared by DICE and
+//! DICE + ReAct. Custom requests (LINe, HIMPLoS, KNN, ...) are one pass each. Passes x sets run in parallel (rayon), and
 //! so do the metrics of settings x OOD sets.
 
 use ndarray::{ArrayView1, ArrayView2};
@@ -15,11 +17,13 @@ use serde_json::{Map, Value};
 
 use super::EvalError;
 use super::dice_sweep::dice_sweep;
-use super::head::{Head64, LogitScore, logit_scores};
-use super::masks::{DiceMask, HimplosMask, LineMasks};
+use super::head::{Head64, LogitScore, shaped_logit_scores};
+use super::masks::DiceMask;
+use super::methods::{CustomScore, FitContext, HeadChoice, Request, TrainSet};
 use super::metrics::{Convention, Metrics, SortedScores, id_accuracy, metrics_sorted};
-use super::params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
-use super::scores::{self, Scored};
+use super::params::{ClipValue, Sparsity};
+use super::scores::Scored;
+use super::shaping::Shaping;
 use super::sweep::Setting;
 
 /// One scored set: its name and `f32` features (`N x m`).
@@ -48,6 +52,14 @@ pub struct EvalInputs<'a> {
     pub id_labels: &'a [i64],
     /// OOD sets, in report order.
     pub ood: Vec<ScoreSet<'a>>,
+    /// The ID-train split, for the methods that fit on it (`None`: not read; see
+    /// [`needs_train`]).
+    pub train: Option<TrainSet<'a>>,
+}
+
+/// Whether any of `settings` fits on the ID-train features (so the caller reads them).
+pub fn needs_train(settings: &[Setting]) -> bool {
+    settings.iter().any(|s| s.method().method().needs_train())
 }
 
 /// The result of one setting.
@@ -76,6 +88,25 @@ fn clip_key(c: Option<ClipValue>) -> Option<u64> {
     c.map(|c| c.get().to_bits())
 }
 
+/// The clip of a shaping that is a plain clip (or none): the shapings DICE's band
+/// pass takes. `Err` for ASH and SCALE.
+fn as_clip(s: Option<Shaping>) -> Result<Option<ClipValue>, ()> {
+    match s {
+        None => Ok(None),
+        Some(Shaping::Clip(c)) => Ok(Some(c)),
+        Some(_) => Err(()),
+    }
+}
+
+/// Whether two shapings are the same (clips by bit pattern).
+fn same_shaping(a: Option<Shaping>, b: Option<Shaping>) -> bool {
+    match (as_clip(a), as_clip(b)) {
+        (Ok(x), Ok(y)) => clip_key(x) == clip_key(y),
+        (Err(()), Err(())) => a == b,
+        _ => false,
+    }
+}
+
 /// Which head a linear pass uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum LinearHead {
@@ -85,12 +116,12 @@ enum LinearHead {
 }
 
 /// One pass over a set's features.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Pass {
-    /// `scores` of `W' min(h, c) + b` for one head `W'` and one optional clip.
+    /// `scores` of `W' shape(h) + b` for one head `W'` and one optional shaping.
     Linear {
         head: LinearHead,
-        clip: Option<ClipValue>,
+        shaping: Option<Shaping>,
         scores: Vec<LogitScore>,
     },
     /// DICE energies of several nested masks (indices into the DICE masks) in one band
@@ -99,14 +130,8 @@ enum Pass {
         clip: Option<ClipValue>,
         masks: Vec<usize>,
     },
-    /// LINe with one clip and one mask pair (index into the LINe masks).
-    Line { clip: ClipValue, masks: usize },
-    /// HIMPLoS with one mask (index into the HIMPLoS masks), clip and temperature.
-    Himplos {
-        mask: usize,
-        clip: ClipValue,
-        t: Temperature,
-    },
+    /// A method's own score.
+    Custom(CustomScore),
 }
 
 /// Where a setting's scores come from: a pass and a score within it.
@@ -119,27 +144,31 @@ struct Source {
 /// The masks and passes a list of settings needs.
 struct Plan {
     dice: Vec<DiceMask>,
-    line: Vec<LineMasks>,
-    himplos: Vec<HimplosMask>,
     passes: Vec<Pass>,
     sources: Vec<Source>,
     clips: Vec<Option<f64>>,
+    fits: usize,
 }
 
 impl Plan {
     fn new(inputs: &EvalInputs, settings: &[Setting]) -> Result<Self, EvalError> {
         let head = inputs.head;
-        // Resolve every clip once (a percentile clip reads the ID-train percentile).
-        let resolve = |c: Clip| c.resolve(|q| (inputs.train_percentile)(q));
-        let clips: Vec<Option<ClipValue>> = settings
-            .iter()
-            .map(|s| s.clip().map(resolve).transpose())
-            .collect::<Result<_, _>>()?;
+        // Each method plans its setting, fitting once per fit key.
+        let mut ctx = FitContext::new(inputs);
+        let mut requests = Vec::with_capacity(settings.len());
+        let mut clips = Vec::with_capacity(settings.len());
+        for s in settings {
+            clips.push(s.clip().map(|c| ctx.clip(c)).transpose()?);
+            requests.push(s.method().method().plan(s.params(), &mut ctx)?);
+        }
 
         // DICE masks: one sort of V for every sparsity.
         let mut dice_ps: Vec<Sparsity> = Vec::new();
-        for s in settings {
-            if let Setting::Dice(p) | Setting::DiceReact(p, _) = *s
+        for r in &requests {
+            if let Request::Linear {
+                head: HeadChoice::Dice(p),
+                ..
+            } = *r
                 && !dice_ps.contains(&p)
             {
                 dice_ps.push(p);
@@ -150,40 +179,21 @@ impl Plan {
         } else {
             DiceMask::sweep(inputs.train_mean, head, &dice_ps)?
         };
-
-        let mut line_params: Vec<(LinePercentile, LinePercentile)> = Vec::new();
-        let mut himplos_ps: Vec<Sparsity> = Vec::new();
-        for s in settings {
-            match *s {
-                Setting::Line { p_a, p_w, .. } if !line_params.contains(&(p_a, p_w)) => {
-                    line_params.push((p_a, p_w))
-                }
-                Setting::Himplos { p, .. } if !himplos_ps.contains(&p) => himplos_ps.push(p),
-                _ => {}
-            }
-        }
-        let line = if line_params.is_empty() {
-            Vec::new()
-        } else {
-            let s = &inputs.class_means * &head.weights();
-            line_params
-                .iter()
-                .map(|&(p_a, p_w)| LineMasks::new(s.view(), head, p_a, p_w))
-                .collect::<Result<_, _>>()?
-        };
-        let himplos = himplos_ps
-            .iter()
-            .map(|&p| HimplosMask::new(head, p))
-            .collect::<Result<_, _>>()?;
+        let dice_index = |p: Sparsity| dice_ps.iter().position(|&q| q == p).expect("planned above");
 
         // DICE masks with p > 0 that share a clip go through one band pass when that is
         // cheaper than a dense pass per mask.
         let mut dice_groups: Vec<(Option<u64>, Vec<usize>)> = Vec::new();
-        for (s, &clip) in settings.iter().zip(&clips) {
-            if let Setting::Dice(p) | Setting::DiceReact(p, _) = *s
+        for r in &requests {
+            if let Request::Linear {
+                head: HeadChoice::Dice(p),
+                shaping,
+                ..
+            } = *r
                 && !p.is_plain()
+                && let Ok(clip) = as_clip(shaping)
             {
-                let i = dice_ps.iter().position(|&q| q == p).expect("planned above");
+                let i = dice_index(p);
                 let key = clip_key(clip);
                 match dice_groups.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, masks)) if !masks.contains(&i) => masks.push(i),
@@ -204,88 +214,69 @@ impl Plan {
 
         let mut passes: Vec<Pass> = Vec::new();
         let mut sources = Vec::with_capacity(settings.len());
-        for (s, &clip) in settings.iter().zip(&clips) {
-            let linear =
-                |head: LinearHead, clip: Option<ClipValue>, score: LogitScore| (head, clip, score);
-            let dice_head = |p: Sparsity| {
-                let i = dice_ps.iter().position(|&q| q == p).expect("planned above");
-                // p = 0 is the plain head: share the plain pass.
-                if dice[i].sparsity().is_plain() {
-                    LinearHead::Plain
-                } else {
-                    LinearHead::Dice(i)
-                }
-            };
-            let energy1 = LogitScore::Energy(Temperature::ONE);
-            let want = match *s {
-                Setting::Msp => Some(linear(LinearHead::Plain, None, LogitScore::Msp)),
-                Setting::MaxLogit => Some(linear(LinearHead::Plain, None, LogitScore::MaxLogit)),
-                Setting::Energy(t) => Some(linear(LinearHead::Plain, None, LogitScore::Energy(t))),
-                Setting::TempMsp(t) => {
-                    Some(linear(LinearHead::Plain, None, LogitScore::TempMsp(t)))
-                }
-                Setting::React(_) => Some(linear(LinearHead::Plain, clip, energy1)),
-                Setting::Dice(p) => Some(linear(dice_head(p), None, energy1)),
-                Setting::DiceReact(p, _) => Some(linear(dice_head(p), clip, energy1)),
-                Setting::Line { .. } | Setting::Himplos { .. } => None,
-            };
-            let source = match want {
-                Some((LinearHead::Dice(i), c, _)) if swept(c, i) => {
-                    let found = passes.iter().position(|p| {
-                        matches!(p, Pass::DiceSweep { clip, .. } if clip_key(*clip) == clip_key(c))
-                    });
-                    let pass = found.unwrap_or_else(|| {
-                        passes.push(Pass::DiceSweep {
-                            clip: c,
-                            masks: Vec::new(),
-                        });
-                        passes.len() - 1
-                    });
-                    let Pass::DiceSweep { masks, .. } = &mut passes[pass] else {
-                        unreachable!("found a sweep pass")
+        for r in requests {
+            let source = match r {
+                Request::Linear {
+                    head: choice,
+                    shaping,
+                    score,
+                } => {
+                    let h = match choice {
+                        HeadChoice::Plain => LinearHead::Plain,
+                        // p = 0 is the plain head: share the plain pass.
+                        HeadChoice::Dice(p) if dice[dice_index(p)].sparsity().is_plain() => {
+                            LinearHead::Plain
+                        }
+                        HeadChoice::Dice(p) => LinearHead::Dice(dice_index(p)),
                     };
-                    let score = masks.iter().position(|&j| j == i).unwrap_or_else(|| {
-                        masks.push(i);
-                        masks.len() - 1
-                    });
-                    Source { pass, score }
+                    match (h, as_clip(shaping)) {
+                        (LinearHead::Dice(i), Ok(c)) if swept(c, i) => {
+                            let found = passes.iter().position(|p| {
+                                matches!(p, Pass::DiceSweep { clip, .. } if clip_key(*clip) == clip_key(c))
+                            });
+                            let pass = found.unwrap_or_else(|| {
+                                passes.push(Pass::DiceSweep {
+                                    clip: c,
+                                    masks: Vec::new(),
+                                });
+                                passes.len() - 1
+                            });
+                            let Pass::DiceSweep { masks, .. } = &mut passes[pass] else {
+                                unreachable!("found a sweep pass")
+                            };
+                            let score = masks.iter().position(|&j| j == i).unwrap_or_else(|| {
+                                masks.push(i);
+                                masks.len() - 1
+                            });
+                            Source { pass, score }
+                        }
+                        _ => {
+                            let found = passes.iter().position(|p| {
+                                matches!(p, Pass::Linear { head, shaping: s, .. }
+                                    if *head == h && same_shaping(*s, shaping))
+                            });
+                            let pass = found.unwrap_or_else(|| {
+                                passes.push(Pass::Linear {
+                                    head: h,
+                                    shaping,
+                                    scores: Vec::new(),
+                                });
+                                passes.len() - 1
+                            });
+                            let Pass::Linear { scores, .. } = &mut passes[pass] else {
+                                unreachable!("found a linear pass")
+                            };
+                            let score =
+                                scores.iter().position(|x| *x == score).unwrap_or_else(|| {
+                                    scores.push(score);
+                                    scores.len() - 1
+                                });
+                            Source { pass, score }
+                        }
+                    }
                 }
-                Some((h, c, score)) => {
-                    let found = passes.iter().position(|p| {
-                        matches!(p, Pass::Linear { head, clip, .. }
-                            if *head == h && clip_key(*clip) == clip_key(c))
-                    });
-                    let pass = found.unwrap_or_else(|| {
-                        passes.push(Pass::Linear {
-                            head: h,
-                            clip: c,
-                            scores: Vec::new(),
-                        });
-                        passes.len() - 1
-                    });
-                    let Pass::Linear { scores, .. } = &mut passes[pass] else {
-                        unreachable!("found a linear pass")
-                    };
-                    let score = scores.iter().position(|x| *x == score).unwrap_or_else(|| {
-                        scores.push(score);
-                        scores.len() - 1
-                    });
-                    Source { pass, score }
-                }
-                None => {
-                    let pass = match *s {
-                        Setting::Line { p_a, p_w, .. } => Pass::Line {
-                            clip: clip.expect("LINe has a clip"),
-                            masks: line_params.iter().position(|&x| x == (p_a, p_w)).unwrap(),
-                        },
-                        Setting::Himplos { p, t, .. } => Pass::Himplos {
-                            mask: himplos_ps.iter().position(|&x| x == p).unwrap(),
-                            clip: clip.expect("HIMPLoS has a clip"),
-                            t,
-                        },
-                        _ => unreachable!("linear settings handled above"),
-                    };
-                    passes.push(pass);
+                Request::Custom(f) => {
+                    passes.push(Pass::Custom(f));
                     Source {
                         pass: passes.len() - 1,
                         score: 0,
@@ -296,11 +287,10 @@ impl Plan {
         }
         Ok(Plan {
             dice,
-            line,
-            himplos,
             passes,
             sources,
             clips: clips.iter().map(|c| c.map(ClipValue::get)).collect(),
+            fits: ctx.fits(),
         })
     }
 
@@ -316,33 +306,20 @@ impl Plan {
         match &self.passes[i] {
             Pass::Linear {
                 head: which,
-                clip,
+                shaping,
                 scores,
             } => {
                 let h = match which {
                     LinearHead::Plain => head,
                     LinearHead::Dice(j) => heads[*j].as_ref().expect("built for dense passes"),
                 };
-                logit_scores(features, h, *clip, scores)
+                shaped_logit_scores(features, h, *shaping, scores)
             }
             Pass::DiceSweep { clip, masks } => {
                 let masks: Vec<DiceMask> = masks.iter().map(|&i| self.dice[i].clone()).collect();
                 dice_sweep(features, head, &masks, *clip)
             }
-            Pass::Line { clip, masks } => Ok(vec![scores::line(
-                features,
-                head,
-                *clip,
-                &self.line[*masks],
-            )?]),
-            Pass::Himplos { mask, clip, t } => Ok(vec![scores::himplos(
-                features,
-                head,
-                &self.himplos[*mask],
-                *clip,
-                *t,
-                inputs.class_means,
-            )?]),
+            Pass::Custom(f) => Ok(vec![f(inputs, features)?]),
         }
     }
 }
@@ -355,6 +332,7 @@ pub fn evaluate(
     convention: Convention,
 ) -> Result<Vec<Evaluation>, EvalError> {
     let plan = Plan::new(inputs, settings)?;
+    tracing::debug!(passes = plan.passes.len(), fits = plan.fits, "planned");
     // Masked heads only for the masks that dense passes use (swept masks need none).
     let dice_heads: Vec<Option<Head64>> = (0..plan.dice.len())
         .into_par_iter()

@@ -11,8 +11,9 @@ use rayon::prelude::*;
 
 use super::EvalError;
 use super::expsum::sum_exp;
-use super::params::{ClipValue, Temperature};
+use super::params::{ClipValue, Gamma, ScoreKind, Temperature, TopM};
 use super::scores::Scored;
+use super::shaping::Shaping;
 
 /// Rows per block of the scoring pass (`benches/head_gemm.rs`: 256 is the fastest of
 /// 64..512 for m = 2048, C = 1000).
@@ -124,6 +125,23 @@ pub enum LogitScore {
     Energy(Temperature),
     /// `max softmax(z / T)` (ODIN's temperature scaling without input perturbation).
     TempMsp(Temperature),
+    /// Minus the entropy, `sum_c p_c log p_c`, `p = softmax(z)`; `clamped` clips `p` to
+    /// `[1e-7, 1]` first (pytorch-ood's reading).
+    Entropy {
+        /// Clip `p` to `[1e-7, 1]` before the logarithm.
+        clamped: bool,
+    },
+    /// GEN: `-sum over the M largest p_j of p_j^gamma (1 - p_j)^gamma` (the GEN
+    /// repository); `pytorch_ood` takes the mean instead of the sum and clamps `p` to
+    /// `[1e-7, 1 - 1e-7]` (pytorch-ood 0.4.0).
+    Gen {
+        /// The exponent.
+        gamma: Gamma,
+        /// How many of the largest probabilities (`None` = all `C`).
+        top_m: Option<TopM>,
+        /// pytorch-ood's reading.
+        pytorch_ood: bool,
+    },
 }
 
 impl LogitScore {
@@ -134,7 +152,81 @@ impl LogitScore {
             Self::MaxLogit => max_of(z),
             Self::Energy(t) => energy_of(z, t.get()),
             Self::TempMsp(t) => max_softmax(z, t.get()),
+            Self::Entropy { clamped } => neg_entropy(z, clamped),
+            Self::Gen {
+                gamma,
+                top_m,
+                pytorch_ood,
+            } => generalized_entropy(z, gamma.get(), top_m, pytorch_ood),
         }
+    }
+
+    /// The logit score a [`ScoreKind`] names (after activation shaping): energy at
+    /// `T = 1`, MSP, MaxLogit, or GEN with `gamma = 0.1` over all classes.
+    pub fn of_kind(kind: ScoreKind) -> Self {
+        match kind {
+            ScoreKind::Energy => Self::Energy(Temperature::ONE),
+            ScoreKind::Msp => Self::Msp,
+            ScoreKind::MaxLogit => Self::MaxLogit,
+            ScoreKind::Gen => Self::Gen {
+                gamma: Gamma::new(0.1).expect("0.1 > 0"),
+                top_m: None,
+                pytorch_ood: false,
+            },
+        }
+    }
+}
+
+/// `softmax(z)` in `f64`, shifted by `max z`.
+pub(crate) fn softmax(z: ArrayView1<f64>) -> Vec<f64> {
+    let zmax = max_of(z);
+    let e: Vec<f64> = z.iter().map(|&v| (v - zmax).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// `sum_c p_c log p_c` with `log p_c = z_c - logsumexp(z)` (exact for tiny `p_c`), or
+/// with `p` clipped to `[1e-7, 1]` and `log` of the clipped value.
+fn neg_entropy(z: ArrayView1<f64>, clamped: bool) -> f64 {
+    if clamped {
+        softmax(z)
+            .into_iter()
+            .map(|p| {
+                let p = p.clamp(1e-7, 1.0);
+                p * p.ln()
+            })
+            .sum()
+    } else {
+        let lse = energy_of(z, 1.0);
+        z.iter()
+            .map(|&v| {
+                let lp = v - lse;
+                lp.exp() * lp
+            })
+            .sum()
+    }
+}
+
+/// GEN's score, see [`LogitScore::Gen`].
+fn generalized_entropy(
+    z: ArrayView1<f64>,
+    gamma: f64,
+    top_m: Option<TopM>,
+    pytorch_ood: bool,
+) -> f64 {
+    let mut p = softmax(z);
+    if pytorch_ood {
+        p.iter_mut().for_each(|v| *v = v.clamp(1e-7, 1.0 - 1e-7));
+    }
+    let m = top_m.map_or(p.len(), |m| m.get().min(p.len()));
+    p.sort_unstable_by(|a, b| b.total_cmp(a));
+    let terms = p[..m]
+        .iter()
+        .map(|&v| v.powf(gamma) * (1.0 - v).powf(gamma));
+    if pytorch_ood {
+        -terms.sum::<f64>() / m as f64
+    } else {
+        -terms.sum::<f64>()
     }
 }
 
@@ -283,6 +375,46 @@ where
     per_block.into_iter().flatten().collect()
 }
 
+/// Several logit scores of `z = W shape(h) + b` for every row in one pass, one
+/// [`Scored`] per entry of `scores` (with the predicted class `argmax z`). A clip (or
+/// no shaping) is [`logit_scores`] itself.
+pub fn shaped_logit_scores(
+    features: ArrayView2<f32>,
+    head: &Head64,
+    shaping: Option<Shaping>,
+    scores: &[LogitScore],
+) -> Result<Vec<Scored>, EvalError> {
+    match shaping {
+        None => logit_scores(features, head, None, scores),
+        Some(Shaping::Clip(c)) => logit_scores(features, head, Some(c), scores),
+        Some(shaping) => {
+            head.check_features(features)?;
+            let rows = linear_pass(
+                features,
+                None,
+                head,
+                |_, h, x| shaping.apply(h, x),
+                |_, z| {
+                    let values: Vec<f64> = scores.iter().map(|s| s.of(z)).collect();
+                    (values, argmax(z))
+                },
+            );
+            Ok(split_scores(rows, scores.len()))
+        }
+    }
+}
+
+/// Per-row `(values, predicted)` into one [`Scored`] per score.
+fn split_scores(rows: Vec<(Vec<f64>, usize)>, n: usize) -> Vec<Scored> {
+    let predicted: Vec<usize> = rows.iter().map(|r| r.1).collect();
+    (0..n)
+        .map(|j| Scored {
+            scores: rows.iter().map(|r| r.0[j]).collect(),
+            predicted: predicted.clone(),
+        })
+        .collect()
+}
+
 /// Several logit scores of `z = W min(h, c) + b` (no clip when `clip` is `None`) for
 /// every row in one pass over the features: one [`Scored`] per entry of `scores`, each
 /// with the rows' predicted class `argmax z`.
@@ -303,13 +435,7 @@ pub fn logit_scores(
             (values, argmax(z))
         },
     );
-    let predicted: Vec<usize> = rows.iter().map(|r| r.1).collect();
-    Ok((0..scores.len())
-        .map(|j| Scored {
-            scores: rows.iter().map(|r| r.0[j]).collect(),
-            predicted: predicted.clone(),
-        })
-        .collect())
+    Ok(split_scores(rows, scores.len()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The evaluate stage's math: checked hyperparameters, numpy-exact percentiles, the
-//! float64 linear head and its blockwise scoring pass, head masks, the post-hoc scores
-//! (MSP, MaxLogit, energy, ReAct, DICE, LINe, HIMPLoS) and the OOD metrics.
+//! float64 linear head and its blockwise scoring pass, head masks, activation shaping,
+//! the method registry ([`methods`]: MSP, MaxLogit, energy, ReAct, DICE, LINe, HIMPLoS
+//! and the zoo: entropy, GEN, KL matching, ASH, SCALE, KNN, Mahalanobis, RMD, ViM,
+//! Residual, SHE, NNGuide, fDBD, GradNorm) and the OOD metrics.
 //!
 //! Definitions follow `docs/methods.md`. Everything after the cached `f32` features is
 //! computed in `f64`.
@@ -50,10 +52,15 @@ pub mod dice_sweep;
 pub mod engine;
 mod expsum;
 pub mod head;
+pub mod linalg;
 pub mod masks;
+pub mod methods;
 pub mod metrics;
+pub mod neighbours;
 pub mod params;
 pub mod scores;
+pub mod select;
+pub mod shaping;
 pub mod sweep;
 
 pub use dice_sweep::dice_sweep;
@@ -62,7 +69,10 @@ pub use masks::{DiceMask, HimplosMask, LineMasks};
 pub use metrics::{
     Convention, Metrics, SortedScores, id_accuracy, metrics, metrics_sorted, roc_curve,
 };
-pub use params::{Clip, ClipValue, LinePercentile, Sparsity, Temperature};
+pub use params::{
+    BankFraction, Clip, ClipValue, Dim, Gamma, LinePercentile, Neighbours, ScoreKind, Sparsity,
+    Temperature, TopM, Variant,
+};
 pub use posthoc_cache::percentile::{percentile, percentile_sorted};
 pub use scores::Scored;
 
@@ -161,5 +171,55 @@ pub enum EvalError {
         outer: f64,
         /// Sparsity of the mask with fewer kept weights.
         inner: f64,
+    },
+    /// A method that fits on the ID-train split, run without it.
+    #[error(
+        "{method} fits on the ID-train features, but the cache's id_train split was not read (does the cache have one?)"
+    )]
+    NeedsTrain {
+        /// The method.
+        method: &'static str,
+    },
+    /// A count parameter larger than the rows it selects from.
+    #[error("{flag} {value} is larger than {what} ({rows} rows)")]
+    TooFewRows {
+        /// The flag, e.g. `--k`.
+        flag: &'static str,
+        /// The value given.
+        value: usize,
+        /// What the rows are.
+        what: &'static str,
+        /// How many rows there are.
+        rows: usize,
+    },
+    /// ViM / Residual's `D` not below the feature width.
+    #[error("--dim {dim}: must be smaller than the feature width m = {m}")]
+    DimTooLarge {
+        /// `D` as given.
+        dim: usize,
+        /// The feature width.
+        m: usize,
+    },
+    /// A covariance (or other matrix) that cannot be inverted.
+    #[error(
+        "{method}: the {what} is singular ({small} of {m} eigenvalues below 1e-12 x the largest); the paper's reading does not regularise: use --variant pytorch-ood (adds 1e-6 I to the scatter matrix) or more ID-train rows"
+    )]
+    Singular {
+        /// The method.
+        method: &'static str,
+        /// Which matrix.
+        what: &'static str,
+        /// How many eigenvalues are (numerically) zero.
+        small: usize,
+        /// The matrix size.
+        m: usize,
+    },
+    /// A class with no ID-train rows where a method needs a per-class statistic.
+    #[error("{method}: class {class} has no usable ID-train rows")]
+    EmptyClass {
+        /// The method.
+        method: &'static str,
+        /// The class.
+        class: usize,
     },
 }

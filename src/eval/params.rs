@@ -242,6 +242,226 @@ impl LinePercentile {
     }
 }
 
+/// Parses a positive whole number for `flag`.
+fn parse_count(flag: &'static str, text: &str) -> Result<usize, EvalError> {
+    let v = parse_number(flag, text)?;
+    if v >= 1.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
+        Ok(v as usize)
+    } else {
+        Err(param_error(
+            flag,
+            text.trim(),
+            "must be a whole number >= 1",
+        ))
+    }
+}
+
+/// A whole-number parameter `>= 1`.
+macro_rules! count_param {
+    ($(#[$doc:meta])* $name:ident, $flag:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(usize);
+
+        impl $name {
+            /// The flag this parameter comes from.
+            pub const FLAG: &'static str = $flag;
+
+            /// Checks `n >= 1`.
+            pub fn new(n: usize) -> Result<Self, EvalError> {
+                if n >= 1 {
+                    Ok(Self(n))
+                } else {
+                    Err(param_error(Self::FLAG, n, "must be a whole number >= 1"))
+                }
+            }
+
+            /// The number.
+            pub fn get(self) -> usize {
+                self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = EvalError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(parse_count(Self::FLAG, s)?)
+            }
+        }
+    };
+}
+
+count_param!(
+    /// GEN's `M` (flag `--top-m`): how many of the largest softmax probabilities enter
+    /// the generalised entropy (capped at `C`).
+    TopM,
+    "--top-m"
+);
+count_param!(
+    /// The number of nearest neighbours `k` (flag `--k`, KNN and NNGuide); at most the
+    /// bank's rows (checked when the bank is built).
+    Neighbours,
+    "--k"
+);
+count_param!(
+    /// ViM / Residual's principal dimension `D` (flag `--dim`); `D < m` is checked
+    /// against the features when the method is fitted.
+    Dim,
+    "--dim"
+);
+
+/// GEN's exponent `gamma`, finite and `> 0` (flag `--gamma`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Gamma(f64);
+
+impl Gamma {
+    /// The flag this parameter comes from.
+    pub const FLAG: &'static str = "--gamma";
+
+    /// Checks that `gamma` is finite and `> 0`.
+    pub fn new(g: f64) -> Result<Self, EvalError> {
+        if g.is_finite() && g > 0.0 {
+            Ok(Self(g))
+        } else {
+            Err(param_error(
+                Self::FLAG,
+                g,
+                "gamma must be a finite number > 0",
+            ))
+        }
+    }
+
+    /// `gamma`.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl FromStr for Gamma {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(parse_number(Self::FLAG, s)?)
+    }
+}
+
+/// The fraction of the ID-train rows in a nearest-neighbour bank, `0 < f <= 1` (flag
+/// `--bank-fraction`); the rows are drawn with a fixed seed, so a fraction gives the
+/// same bank every run.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct BankFraction(f64);
+
+impl BankFraction {
+    /// The flag this parameter comes from.
+    pub const FLAG: &'static str = "--bank-fraction";
+    /// The whole ID-train split.
+    pub const ALL: Self = Self(1.0);
+
+    /// Checks `0 < f <= 1`.
+    pub fn new(f: f64) -> Result<Self, EvalError> {
+        if f > 0.0 && f <= 1.0 {
+            Ok(Self(f))
+        } else {
+            Err(param_error(
+                Self::FLAG,
+                f,
+                "bank fraction must be in (0, 1]",
+            ))
+        }
+    }
+
+    /// The fraction.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl FromStr for BankFraction {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(parse_number(Self::FLAG, s)?)
+    }
+}
+
+/// Which logit score follows activation shaping (flag `--score`; ReAct, ASH, SCALE):
+/// the papers use energy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScoreKind {
+    /// `logsumexp(z)` (the default).
+    Energy,
+    /// `max softmax(z)`.
+    Msp,
+    /// `max z`.
+    MaxLogit,
+    /// GEN with its default `gamma = 0.1` and `M = C` (all classes).
+    Gen,
+}
+
+impl ScoreKind {
+    /// The flag this parameter comes from.
+    pub const FLAG: &'static str = "--score";
+
+    /// The name as written on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Energy => "energy",
+            Self::Msp => "msp",
+            Self::MaxLogit => "maxlogit",
+            Self::Gen => "gen",
+        }
+    }
+}
+
+impl FromStr for ScoreKind {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "energy" => Ok(Self::Energy),
+            "msp" => Ok(Self::Msp),
+            "maxlogit" => Ok(Self::MaxLogit),
+            "gen" => Ok(Self::Gen),
+            _ => Err(param_error(
+                Self::FLAG,
+                s,
+                "expected energy, msp, maxlogit or gen",
+            )),
+        }
+    }
+}
+
+/// Whose reading of a method (flag `--variant`): the paper's own code (the default) or
+/// pytorch-ood 0.4.0's, where the two differ (see each method's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The paper's reference code.
+    Paper,
+    /// pytorch-ood 0.4.0.
+    PytorchOod,
+}
+
+impl Variant {
+    /// The flag this parameter comes from.
+    pub const FLAG: &'static str = "--variant";
+
+    /// The name as written on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::PytorchOod => "pytorch-ood",
+        }
+    }
+}
+
+impl FromStr for Variant {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "paper" => Ok(Self::Paper),
+            "pytorch-ood" => Ok(Self::PytorchOod),
+            _ => Err(param_error(Self::FLAG, s, "expected paper or pytorch-ood")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +534,30 @@ mod tests {
             "--p-w 100: LINe percentile must be in [0, 100)"
         );
         assert!(LinePercentile::activation(-0.1).is_err());
+    }
+
+    #[test]
+    fn zoo_parameters_check_their_domains() {
+        assert_eq!("10".parse::<Neighbours>().unwrap().get(), 10);
+        assert_eq!(
+            "0".parse::<Neighbours>().unwrap_err().to_string(),
+            "--k 0: must be a whole number >= 1"
+        );
+        assert!("2.5".parse::<Dim>().is_err());
+        assert_eq!(
+            "x".parse::<TopM>().unwrap_err().to_string(),
+            "--top-m x: not a number"
+        );
+        assert_eq!("0.1".parse::<Gamma>().unwrap().get(), 0.1);
+        assert!("0".parse::<Gamma>().is_err());
+        assert!("1.5".parse::<BankFraction>().is_err());
+        assert!("0".parse::<BankFraction>().is_err());
+        assert_eq!("0.01".parse::<BankFraction>().unwrap().get(), 0.01);
+        assert_eq!("gen".parse::<ScoreKind>().unwrap(), ScoreKind::Gen);
+        assert!("odin".parse::<ScoreKind>().is_err());
+        assert_eq!(
+            "pytorch-ood".parse::<Variant>().unwrap(),
+            Variant::PytorchOod
+        );
     }
 }

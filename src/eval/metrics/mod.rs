@@ -2,6 +2,7 @@
 //! two conventions (`docs/methods.md`, "Exact metric conventions"), and ID accuracy.
 
 mod dice;
+mod openood;
 mod sklearn;
 
 use serde::Serialize;
@@ -47,17 +48,24 @@ pub enum Convention {
     Sklearn,
     /// DICE's `cal_metric`: FPR at the ID 5% quantile, trapezoid AUROC / AUIN / AUOUT.
     Dice,
+    /// OpenOOD v1.5 (`openood/evaluators/metrics.py`, `auc_and_fpr_recall`): OOD is the
+    /// positive class, so FPR@95 is the share of *ID* samples flagged as OOD at the first
+    /// threshold catching 95% of the OOD samples (the other conventions: the share of OOD
+    /// accepted at 95% of ID accepted); AUROC as sklearn; AUPR-In / AUPR-Out are trapezoid
+    /// areas under `precision_recall_curve` (`metrics.auc`), not average precision.
+    Openood,
 }
 
 impl Convention {
     /// Every convention, in the order they are listed.
-    pub const ALL: [Convention; 2] = [Convention::Sklearn, Convention::Dice];
+    pub const ALL: [Convention; 3] = [Convention::Sklearn, Convention::Dice, Convention::Openood];
 
-    /// The command-line / JSON name (`sklearn`, `dice`).
+    /// The command-line / JSON name (`sklearn`, `dice`, `openood`).
     pub fn as_str(self) -> &'static str {
         match self {
             Convention::Sklearn => "sklearn",
             Convention::Dice => "dice",
+            Convention::Openood => "openood",
         }
     }
 }
@@ -123,6 +131,7 @@ pub fn metrics_sorted(id: &SortedScores, ood: &SortedScores, convention: Convent
     match convention {
         Convention::Sklearn => sklearn::metrics(id.ascending(), ood.ascending()),
         Convention::Dice => dice::metrics(id.ascending(), ood.ascending()),
+        Convention::Openood => openood::metrics(id.ascending(), ood.ascending()),
     }
 }
 

@@ -48,7 +48,7 @@ fn steps(
 
 /// Cumulative `(tp, fp)` at each distinct score, highest score first (`pos`, `neg`
 /// ascending).
-fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
+pub(super) fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
     steps(
         pos.iter().rev().copied(),
         neg.iter().rev().copied(),
@@ -58,7 +58,7 @@ fn curve(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
 
 /// [`curve`] of the negated scores with `pos` and `neg` swapped (OOD positive), lowest
 /// original score first.
-fn curve_negated(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
+pub(super) fn curve_negated(pos: &[f64], neg: &[f64]) -> Vec<(u64, u64)> {
     steps(pos.iter().copied(), neg.iter().copied(), |a, b| a < b)
 }
 
@@ -92,7 +92,7 @@ fn fpr95(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
 }
 
 /// Trapezoid area under the ROC curve.
-fn auroc(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
+pub(super) fn auroc(points: &[(u64, u64)], n_pos: u64, n_neg: u64) -> f64 {
     let mut twice_area: u128 = 0;
     let (mut tp0, mut fp0) = (0u64, 0u64);
     for &(tp, fp) in points {
