@@ -266,17 +266,24 @@ fn a_second_writer_fails_at_once_naming_the_first_or_waits_with_wait_lock() {
     let lock = out.join(posthoc_cache::LOCK_FILE);
     let started = Instant::now();
     while std::fs::read_to_string(&lock).map_or(true, |t| t.is_empty()) {
-        assert!(first.try_wait().unwrap().is_none(), "first writer ended early");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "first writer ended early"
+        );
         assert!(started.elapsed() < Duration::from_secs(60), "no lock taken");
         std::thread::sleep(Duration::from_millis(5));
     }
     let t = Instant::now();
     let second = precompute(&config, &out, &args);
     assert!(!second.status.success());
-    assert!(t.elapsed() < Duration::from_secs(10), "the second writer must fail at once");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the second writer must fail at once"
+    );
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
-        err.contains(&format!("being written by pid {}", first.id())) && err.contains("--wait-lock"),
+        err.contains(&format!("being written by pid {}", first.id()))
+            && err.contains("--wait-lock"),
         "{err}"
     );
     // With --wait-lock it waits for the first, then finds the cache complete.

@@ -160,8 +160,8 @@ impl Drop for S3 {
     }
 }
 
-/// Imports the fixture into `dir/<name>` as model `model_id`.
-fn import(fixture: &Path, dir: &Path, name: &str, model_id: &str) -> PathBuf {
+/// Imports the fixture into `dir/<name>` as model `model_id` (with `extra` arguments).
+fn import(fixture: &Path, dir: &Path, name: &str, model_id: &str, extra: &[&str]) -> PathBuf {
     let cache = dir.join(name);
     let out = Command::new(BIN)
         .args(["cache", "import-npy", "--from"])
@@ -169,6 +169,7 @@ fn import(fixture: &Path, dir: &Path, name: &str, model_id: &str) -> PathBuf {
         .arg("--out")
         .arg(&cache)
         .args(["--model-id", model_id])
+        .args(extra)
         .env("POSTHOC_LOG", "warn")
         .output()
         .unwrap();
@@ -184,7 +185,13 @@ fn setup() -> Option<(S3, tempfile::TempDir, PathBuf)> {
     let fixture = posthoc_small()?;
     let s3 = S3::start()?;
     let dir = tempfile::tempdir().unwrap();
-    let cache = import(&fixture, dir.path(), "local", "densenet-bc-100-cifar10-dice");
+    let cache = import(
+        &fixture,
+        dir.path(),
+        "local",
+        "densenet-bc-100-cifar10-dice",
+        &[],
+    );
     Some((s3, dir, cache))
 }
 
@@ -194,11 +201,16 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn copy_verify_info_and_eval_from_s3_equal_local() {
-    let Some((s3, dir, local)) = setup() else { return };
+    let Some((s3, dir, local)) = setup() else {
+        return;
+    };
     let downloads = dir.path().join("downloads");
     let url = format!("s3://{BUCKET}/caches/small");
     let first = s3.ok(&["cache", "copy", s(&local), &url], &downloads);
-    assert!(first.contains("copied ") && first.contains("manifest written last"), "{first}");
+    assert!(
+        first.contains("copied ") && first.contains("manifest written last"),
+        "{first}"
+    );
     // Resumable: a second copy finds every file in place.
     let second = s3.ok(&["cache", "copy", s(&local), &url], &downloads);
     assert!(!second.contains("copied "), "{second}");
@@ -211,7 +223,15 @@ fn copy_verify_info_and_eval_from_s3_equal_local() {
 
     let eval = |cache: &str, json: &Path| {
         s3.ok(
-            &["eval", "--cache", cache, "--method", "dice,react,energy,msp", "--json", s(json)],
+            &[
+                "eval",
+                "--cache",
+                cache,
+                "--method",
+                "dice,react,energy,msp",
+                "--json",
+                s(json),
+            ],
             &downloads,
         );
         std::fs::read_to_string(json).unwrap()
@@ -220,11 +240,18 @@ fn copy_verify_info_and_eval_from_s3_equal_local() {
     let there = eval(&url, &dir.path().join("s3.json"));
     assert_eq!(here, there, "eval from s3:// differs from the local eval");
     // The download cache holds each file once, named by its sha256, and is reused.
-    let objects = std::fs::read_dir(downloads.join("objects")).unwrap().count();
+    let objects = std::fs::read_dir(downloads.join("objects"))
+        .unwrap()
+        .count();
     let manifest = posthoc_cache::Manifest::read(&local).unwrap();
     assert_eq!(objects, manifest.files.len());
     eval(&url, &dir.path().join("again.json"));
-    assert_eq!(std::fs::read_dir(downloads.join("objects")).unwrap().count(), objects);
+    assert_eq!(
+        std::fs::read_dir(downloads.join("objects"))
+            .unwrap()
+            .count(),
+        objects
+    );
 
     // Back from S3 to a local directory: the same bytes.
     let back = dir.path().join("back");
@@ -242,7 +269,9 @@ fn copy_verify_info_and_eval_from_s3_equal_local() {
 
 #[test]
 fn an_altered_object_is_rejected_naming_it() {
-    let Some((s3, dir, local)) = setup() else { return };
+    let Some((s3, dir, local)) = setup() else {
+        return;
+    };
     let url = format!("s3://{BUCKET}/altered");
     s3.ok(&["cache", "copy", s(&local), &url], &dir.path().join("d0"));
     // Flip one byte in the middle of the ID-test split (same size, other hash).
@@ -271,7 +300,9 @@ fn an_altered_object_is_rejected_naming_it() {
 
 #[test]
 fn a_copy_killed_midway_leaves_nothing_a_reader_accepts_and_a_rerun_completes() {
-    let Some((s3, dir, local)) = setup() else { return };
+    let Some((s3, dir, local)) = setup() else {
+        return;
+    };
     let fixture = posthoc_small().unwrap();
     let downloads = dir.path().join("downloads");
     let url = format!("s3://{BUCKET}/killed");
@@ -284,17 +315,38 @@ fn a_copy_killed_midway_leaves_nothing_a_reader_accepts_and_a_rerun_completes() 
     assert!(!out.status.success());
     let err = s3.fails(&["cache", "info", &url], &downloads, &[]);
     assert!(err.contains("no manifest.json"), "{err}");
-    s3.fails(&["eval", "--cache", &url, "--method", "msp"], &downloads, &[]);
+    s3.fails(
+        &["eval", "--cache", &url, "--method", "msp"],
+        &downloads,
+        &[],
+    );
     // The re-run resumes (needs --break-lock: the killed copy's lock is stale) and completes.
     let err = s3.fails(&["cache", "copy", s(&local), &url], &downloads, &[]);
-    assert!(err.contains("stale lock") && err.contains("--break-lock"), "{err}");
-    let rerun = s3.ok(&["cache", "copy", "--break-lock", s(&local), &url], &downloads);
-    assert!(rerun.contains("present"), "the first file should be skipped:\n{rerun}");
+    assert!(
+        err.contains("stale lock") && err.contains("--break-lock"),
+        "{err}"
+    );
+    let rerun = s3.ok(
+        &["cache", "copy", "--break-lock", s(&local), &url],
+        &downloads,
+    );
+    assert!(
+        rerun.contains("present"),
+        "the first file should be skipped:\n{rerun}"
+    );
     s3.ok(&["cache", "verify", &url], &downloads);
 
     // Replacing a cache: the old manifest goes before any data object is replaced, so a
     // copy killed midway leaves no manifest rather than a mixture.
-    let other = import(&fixture, dir.path(), "other", "another-model");
+    // Another cache: other class names, so its head file differs too.
+    let names = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck";
+    let other = import(
+        &fixture,
+        dir.path(),
+        "other",
+        "another-model",
+        &["--class-names", names],
+    );
     let out = s3.posthoc(
         &["cache", "copy", "--break-lock", s(&other), &url],
         &downloads,
@@ -307,7 +359,9 @@ fn a_copy_killed_midway_leaves_nothing_a_reader_accepts_and_a_rerun_completes() 
 
 #[test]
 fn a_missing_bucket_and_bad_credentials_give_one_clear_line() {
-    let Some((s3, dir, local)) = setup() else { return };
+    let Some((s3, dir, local)) = setup() else {
+        return;
+    };
     let downloads = dir.path().join("downloads");
     let err = s3.fails(&["cache", "info", "s3://no-such-bucket/x"], &downloads, &[]);
     assert!(err.contains("`no-such-bucket` does not exist"), "{err}");
@@ -321,14 +375,19 @@ fn a_missing_bucket_and_bad_credentials_give_one_clear_line() {
     let url = format!("s3://{BUCKET}/x");
     let err = s3.fails(&["cache", "info", &url], &downloads, &bad);
     assert!(err.contains("credentials"), "{err}");
-    assert!(!err.contains("wrong-secret") && !err.contains(&s3.secret), "{err}");
+    assert!(
+        !err.contains("wrong-secret") && !err.contains(&s3.secret),
+        "{err}"
+    );
     let err = s3.fails(&["cache", "copy", s(&local), &url], &downloads, &bad);
     assert!(err.contains("credentials"), "{err}");
 }
 
 #[test]
 fn the_lock_object_names_a_live_holder_and_a_stale_one_needs_break_lock() {
-    let Some((s3, dir, local)) = setup() else { return };
+    let Some((s3, dir, local)) = setup() else {
+        return;
+    };
     let downloads = dir.path().join("downloads");
     let url = format!("s3://{BUCKET}/locked");
     let now = std::time::SystemTime::now()
@@ -349,8 +408,14 @@ fn the_lock_object_names_a_live_holder_and_a_stale_one_needs_break_lock() {
     // Silent for longer than --stale-after: stale, broken only with --break-lock.
     put_lock(now - 3600);
     let err = s3.fails(&["cache", "copy", s(&local), &url], &downloads, &[]);
-    assert!(err.contains("stale lock") && err.contains("gpu-node-7"), "{err}");
-    s3.ok(&["cache", "copy", "--break-lock", s(&local), &url], &downloads);
+    assert!(
+        err.contains("stale lock") && err.contains("gpu-node-7"),
+        "{err}"
+    );
+    s3.ok(
+        &["cache", "copy", "--break-lock", s(&local), &url],
+        &downloads,
+    );
     // Released after the copy: the next writer gets it without flags.
     s3.ok(&["cache", "copy", s(&local), &url], &downloads);
 }

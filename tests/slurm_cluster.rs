@@ -111,7 +111,9 @@ const RUN_ARGS: &str = "--limit 48 --commit-every 16 --backend cpu";
 #[test]
 fn slurm_array_then_dependent_merge_equals_a_single_run() {
     let Some(data) = shared_data() else { return };
-    let Some(_cluster) = Cluster::up() else { return };
+    let Some(_cluster) = Cluster::up() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &data);
     let shards = dir.path().join("shards");
@@ -143,7 +145,11 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
         .env("POSTHOC_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let merged = shards.join("merged");
     while !merged.join(posthoc_cache::MANIFEST_FILE).exists() {
@@ -167,7 +173,10 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
                     })
                 })
                 .collect();
-            panic!("the jobs ended without a merged cache:\n{}", logs.join("\n"));
+            panic!(
+                "the jobs ended without a merged cache:\n{}",
+                logs.join("\n")
+            );
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -175,13 +184,19 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    println!("array + merge took {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "array + merge took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let (a, b) = (
         posthoc_cache::Manifest::read(&single).unwrap(),
         posthoc_cache::Manifest::read(&merged).unwrap(),
     );
-    assert_eq!(a.files, b.files, "file lists (names, rows, bytes, sha256) differ");
+    assert_eq!(
+        a.files, b.files,
+        "file lists (names, rows, bytes, sha256) differ"
+    );
     for f in &a.files {
         assert_eq!(
             std::fs::read(single.join(&f.name)).unwrap(),
@@ -190,7 +205,10 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
             f.name
         );
     }
-    assert_eq!((&a.model, &a.preprocessing, &a.skipped), (&b.model, &b.preprocessing, &b.skipped));
+    assert_eq!(
+        (&a.model, &a.preprocessing, &a.skipped),
+        (&b.model, &b.preprocessing, &b.skipped)
+    );
     // The merged provenance names both shards.
     let from = b.provenance["merged_from"].as_array().unwrap();
     let mut shard_ids: Vec<u64> = from
@@ -199,7 +217,10 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
         .collect();
     shard_ids.sort_unstable();
     assert_eq!(shard_ids, [0, 1]);
-    posthoc_cache::verify(&merged).unwrap().into_result().unwrap();
+    posthoc_cache::verify(&merged)
+        .unwrap()
+        .into_result()
+        .unwrap();
 }
 
 #[test]
@@ -232,7 +253,11 @@ print(json.dumps(out))
         .arg(repo().join("deploy/k8s/precompute-job.yaml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let docs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let docs = docs.as_array().unwrap();
     assert_eq!(docs.len(), 2);
@@ -250,14 +275,27 @@ print(json.dumps(out))
     assert!(args.contains("--shard auto"), "{args}");
     assert!(args.contains(&format!("--shards {n}")), "{args}");
     assert!(args.contains("shard-$JOB_COMPLETION_INDEX"), "{args}");
-    assert_eq!(merge["env"]["POSTHOC_SHARDS"].as_str(), Some(n.to_string().as_str()));
+    assert_eq!(
+        merge["env"]["POSTHOC_SHARDS"].as_str(),
+        Some(n.to_string().as_str())
+    );
     assert_eq!(merge["env"]["POSTHOC_OUT"], job["env"]["POSTHOC_OUT"]);
     let margs = merge["args"].as_str().unwrap();
     assert!(margs.contains("posthoc cache merge"), "{margs}");
     // The precompute command parses: the flags it uses exist.
-    let help = Command::new(BIN).args(["precompute", "--help"]).output().unwrap();
+    let help = Command::new(BIN)
+        .args(["precompute", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--shard", "--shards", "--backend", "--wait-lock", "--out", "--config"] {
+    for flag in [
+        "--shard",
+        "--shards",
+        "--backend",
+        "--wait-lock",
+        "--out",
+        "--config",
+    ] {
         assert!(help.contains(flag), "precompute --help lacks {flag}");
     }
 }

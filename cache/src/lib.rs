@@ -51,12 +51,12 @@ mod writer;
 pub use data::{Head, SplitData, SplitFeatures};
 pub use error::{CacheError, Result};
 pub use import::{ImportOptions, import_npy};
+pub use lock::{LOCK_FILE, LockOptions, LockOwner, WriteLock};
 pub use manifest::{
     FORMAT_VERSION, FileEntry, HEAD_FILE, MANIFEST_FILE, Manifest, ManifestInit, ModelInfo,
     PARTIAL_DIR, PERCENTILES_FILE, Role, STATS_FILE, Skipped, ToolInfo, split_file_name,
     validate_set_name,
 };
-pub use lock::{LOCK_FILE, LockOptions, LockOwner, WriteLock};
 pub use merge::{merge, merge_locations};
 pub use reader::{FeatureCache, SplitStream};
 pub use stats::{ActivationPercentiles, TrainStats};

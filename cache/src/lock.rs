@@ -381,7 +381,10 @@ mod tests {
         let err = WriteLock::acquire(&loc, &LockOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         assert!(err.contains("--wait-lock"), "{err}");
         drop(first);
         // Released cleanly: free for the next writer.
@@ -399,7 +402,10 @@ mod tests {
         let err = WriteLock::acquire(&loc, &LockOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("stale lock") && err.contains("--break-lock"), "{err}");
+        assert!(
+            err.contains("stale lock") && err.contains("--break-lock"),
+            "{err}"
+        );
         let options = LockOptions {
             break_stale: true,
             ..LockOptions::default()

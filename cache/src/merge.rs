@@ -88,8 +88,7 @@ fn merge_dirs(inputs: &[(String, PathBuf)], out: &Path) -> Result<crate::Manifes
         if let Some(field) = first_difference(&json(&a.model), &json(&b.model), "model") {
             return Err(conflict(&field));
         }
-        if let Some(field) = first_difference(&a.preprocessing, &b.preprocessing, "preprocessing")
-        {
+        if let Some(field) = first_difference(&a.preprocessing, &b.preprocessing, "preprocessing") {
             return Err(conflict(&field));
         }
         for key in RUN_KEYS {
@@ -175,7 +174,9 @@ fn remove_interrupted_merge(out: &Path) -> Result<()> {
     };
     // Before the finish: `.partial/init.json`; during it: the staged manifest.
     let init = read(out.join(crate::manifest::PARTIAL_DIR).join("init.json"));
-    let staged = read(crate::io::tmp_path(&out.join(crate::manifest::MANIFEST_FILE)));
+    let staged = read(crate::io::tmp_path(
+        &out.join(crate::manifest::MANIFEST_FILE),
+    ));
     let merged = !init["init"]["provenance"]["merged_from"].is_null()
         || !staged["provenance"]["merged_from"].is_null();
     if out.join(crate::manifest::MANIFEST_FILE).exists() || !merged {
@@ -316,7 +317,10 @@ mod tests {
 
     #[test]
     fn shards_are_read_in_both_spellings() {
-        assert_eq!(shard_of(&json!({"shard": {"index": 1, "count": 3}})), Some((1, 3)));
+        assert_eq!(
+            shard_of(&json!({"shard": {"index": 1, "count": 3}})),
+            Some((1, 3))
+        );
         assert_eq!(shard_of(&json!({"shard": "2/4"})), Some((2, 4)));
         assert_eq!(shard_of(&json!({"shard": null})), None);
         assert_eq!(shard_of(&json!({})), None);

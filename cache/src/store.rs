@@ -228,7 +228,10 @@ fn describe(e: &object_store::Error) -> String {
         E::AlreadyExists { .. } => "already exists".into(),
         E::Precondition { .. } => "changed meanwhile (precondition failed)".into(),
         E::NotSupported { .. } | E::NotImplemented { .. } => {
-            format!("not supported by this store: {}", first_line(&e.to_string()))
+            format!(
+                "not supported by this store: {}",
+                first_line(&e.to_string())
+            )
         }
         other => {
             let text = first_line(&other.to_string());
@@ -398,9 +401,8 @@ impl RemoteStore {
     pub fn check_bucket(&self) -> Result<()> {
         let store = self.store.clone();
         let prefix = self.prefix.clone();
-        let listed = runtime().block_on(async move {
-            store.list_with_delimiter(Some(&prefix)).await.map(|_| ())
-        });
+        let listed = runtime()
+            .block_on(async move { store.list_with_delimiter(Some(&prefix)).await.map(|_| ()) });
         match listed {
             Ok(()) => Ok(()),
             Err(e @ object_store::Error::NotFound { .. }) => Err(CacheError::Store {
@@ -615,9 +617,7 @@ impl RemoteStore {
             self.check_bucket()?;
             return Err(CacheError::Unfinished {
                 dir: PathBuf::from(self.url.to_string()),
-                reason: format!(
-                    "no {MANIFEST_FILE} (not a cache, or a write that never finished)"
-                ),
+                reason: format!("no {MANIFEST_FILE} (not a cache, or a write that never finished)"),
             });
         };
         let file = PathBuf::from(self.url.object(MANIFEST_FILE));
@@ -890,7 +890,9 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let err = CacheLocation::parse("ftp://u:pw@h/x").unwrap_err().to_string();
+        let err = CacheLocation::parse("ftp://u:pw@h/x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown scheme `ftp`"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(CacheLocation::parse("s3:///x").is_err());

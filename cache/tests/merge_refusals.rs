@@ -58,16 +58,29 @@ fn different_model_preprocessing_or_config_is_refused_naming_the_field() {
     let good = shards(tmp.path(), 2);
     let bad = |name: &str, tweak: &dyn Fn(&mut ManifestInit)| {
         let dir = shard(&tmp.path().join(name), 1, 2, tweak);
-        merge(&[good[0].clone(), dir], tmp.path().join(format!("out-{name}"))).unwrap_err()
+        merge(
+            &[good[0].clone(), dir],
+            tmp.path().join(format!("out-{name}")),
+        )
+        .unwrap_err()
     };
     let err = bad("model", &|s| s.model.id = "resnet50".into());
     assert_eq!(conflict_field(&err), "model.id", "{err}");
-    let err = bad("ckpt", &|s| s.model.checkpoint_sha256 = Some("a".repeat(64)));
+    let err = bad("ckpt", &|s| {
+        s.model.checkpoint_sha256 = Some("a".repeat(64))
+    });
     assert_eq!(conflict_field(&err), "model.checkpoint_sha256");
-    let err = bad("pre", &|s| s.preprocessing = serde_json::json!({"resize": 36}));
+    let err = bad("pre", &|s| {
+        s.preprocessing = serde_json::json!({"resize": 36})
+    });
     assert_eq!(conflict_field(&err), "preprocessing.resize");
-    assert!(err.to_string().contains("preprocessing.resize differs"), "{err}");
-    let err = bad("cfg", &|s| s.provenance["config"]["model"]["depth"] = 40.into());
+    assert!(
+        err.to_string().contains("preprocessing.resize differs"),
+        "{err}"
+    );
+    let err = bad("cfg", &|s| {
+        s.provenance["config"]["model"]["depth"] = 40.into()
+    });
     assert_eq!(conflict_field(&err), "provenance.config.model.depth");
     let err = bad("limit", &|s| s.provenance["limit"] = 64.into());
     assert_eq!(conflict_field(&err), "provenance.limit");
@@ -83,7 +96,10 @@ fn duplicate_missing_and_foreign_shards_are_named() {
     let err = merge(&[s[0].clone(), s[2].clone()], tmp.path().join("o1"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("shard(s) 1/3 missing") && err.contains("2 of 3"), "{err}");
+    assert!(
+        err.contains("shard(s) 1/3 missing") && err.contains("2 of 3"),
+        "{err}"
+    );
     let copy = tmp.path().join("copy-of-s1");
     shard(&copy, 1, 3, |_| {});
     let err = merge(
@@ -98,8 +114,13 @@ fn duplicate_missing_and_foreign_shards_are_named() {
     let err = merge(&[s[0].clone(), other_split], tmp.path().join("o3"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is shard 3/4") && err.contains("one of 3 shards"), "{err}");
-    let whole = shard(&tmp.path().join("whole"), 0, 1, |st| st.provenance["shard"] = serde_json::Value::Null);
+    assert!(
+        err.contains("is shard 3/4") && err.contains("one of 3 shards"),
+        "{err}"
+    );
+    let whole = shard(&tmp.path().join("whole"), 0, 1, |st| {
+        st.provenance["shard"] = serde_json::Value::Null
+    });
     let err = merge(&[s[0].clone(), whole], tmp.path().join("o4"))
         .unwrap_err()
         .to_string();
@@ -112,12 +133,15 @@ fn a_shard_still_being_written_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let s = shards(tmp.path(), 2);
     // Its writer holds the lock (a live process: this one).
-    let lock = WriteLock::acquire(&CacheLocation::Local(s[1].clone()), &LockOptions::default())
-        .unwrap();
+    let lock =
+        WriteLock::acquire(&CacheLocation::Local(s[1].clone()), &LockOptions::default()).unwrap();
     let err = merge(&s, tmp.path().join("o1")).unwrap_err();
     assert!(
         matches!(err, CacheError::Unfinished { .. })
-            && err.to_string().contains(&format!("still being written by pid {}", std::process::id())),
+            && err.to_string().contains(&format!(
+                "still being written by pid {}",
+                std::process::id()
+            )),
         "{err}"
     );
     drop(lock);
@@ -139,7 +163,10 @@ fn merge_in_child(inputs: &[PathBuf], out: &Path, fault: &str) -> std::process::
     let list: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_merge", "--nocapture"])
-        .env("POSTHOC_CHILD_MERGE", format!("{}|{}", out.display(), list.join("|")))
+        .env(
+            "POSTHOC_CHILD_MERGE",
+            format!("{}|{}", out.display(), list.join("|")),
+        )
         .env("POSTHOC_FAULT", fault)
         .status()
         .unwrap()
@@ -163,12 +190,22 @@ fn a_merge_killed_midway_leaves_no_cache_and_a_rerun_completes() {
     let s = shards(tmp.path(), 2);
     let reference = tmp.path().join("reference");
     let expected = merge(&s, &reference).unwrap();
-    for fault in ["merge.split", "finish.before_manifest", "finish.before_rename"] {
+    for fault in [
+        "merge.split",
+        "finish.before_manifest",
+        "finish.before_rename",
+    ] {
         let out = tmp.path().join(format!("out-{fault}"));
         let status = merge_in_child(&s, &out, fault);
-        assert!(!status.success(), "{fault}: the child should have been aborted");
+        assert!(
+            !status.success(),
+            "{fault}: the child should have been aborted"
+        );
         let err = posthoc_cache::FeatureCache::open(&out).unwrap_err();
-        assert!(matches!(err, CacheError::Unfinished { .. }), "{fault}: {err}");
+        assert!(
+            matches!(err, CacheError::Unfinished { .. }),
+            "{fault}: {err}"
+        );
         assert!(posthoc_cache::verify(&out).is_err(), "{fault}");
         // The re-run clears what the killed merge left and completes.
         let again = merge(&s, &out).unwrap();

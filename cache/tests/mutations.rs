@@ -132,18 +132,16 @@ fn row_group_boundaries(path: &Path) -> Vec<u64> {
     let mut cuts: Vec<u64> = meta
         .row_groups()
         .iter()
-        .map(|g| {
-            g.columns()
-                .iter()
-                .map(|c| c.byte_range().0)
-                .min()
-                .unwrap()
-        })
+        .map(|g| g.columns().iter().map(|c| c.byte_range().0).min().unwrap())
         .collect();
     let end = meta
         .row_groups()
         .iter()
-        .flat_map(|g| g.columns().iter().map(|c| c.byte_range().0 + c.byte_range().1))
+        .flat_map(|g| {
+            g.columns()
+                .iter()
+                .map(|c| c.byte_range().0 + c.byte_range().1)
+        })
         .max()
         .unwrap();
     cuts.push(end); // start of the footer
@@ -196,7 +194,13 @@ fn mutate_file_cases(base: &Path, work: &Path, rng: &mut Rng, count: &mut usize)
                 if record == Record::Resealed {
                     reseal(&dir, name);
                 }
-                check(&dir, &names, record, &format!("{flips} bit flips in {name}"), count);
+                check(
+                    &dir,
+                    &names,
+                    record,
+                    &format!("{flips} bit flips in {name}"),
+                    count,
+                );
                 std::fs::remove_dir_all(&dir).unwrap();
             }
             // Random bytes: the whole file, and a random run inside it.
@@ -217,7 +221,13 @@ fn mutate_file_cases(base: &Path, work: &Path, rng: &mut Rng, count: &mut usize)
                 if record == Record::Resealed {
                     reseal(&dir, name);
                 }
-                check(&dir, &names, record, &format!("random bytes in {name}"), count);
+                check(
+                    &dir,
+                    &names,
+                    record,
+                    &format!("random bytes in {name}"),
+                    count,
+                );
                 std::fs::remove_dir_all(&dir).unwrap();
             }
         }
@@ -233,7 +243,13 @@ fn mutate_file_cases(base: &Path, work: &Path, rng: &mut Rng, count: &mut usize)
             check(&dir, &names, Record::Kept, &format!("{a} <-> {b}"), count);
             reseal(&dir, a);
             reseal(&dir, b);
-            check(&dir, &names, Record::Resealed, &format!("{a} <-> {b} resealed"), count);
+            check(
+                &dir,
+                &names,
+                Record::Resealed,
+                &format!("{a} <-> {b} resealed"),
+                count,
+            );
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
@@ -262,7 +278,13 @@ fn truncation_cases(base: &Path, work: &Path, count: &mut usize) {
                     reseal(&dir, name);
                 }
                 // A truncated file is never valid Parquet: always refused.
-                check(&dir, &names, Record::Kept, &format!("{name} cut at {cut}"), count);
+                check(
+                    &dir,
+                    &names,
+                    Record::Kept,
+                    &format!("{name} cut at {cut}"),
+                    count,
+                );
                 std::fs::remove_dir_all(&dir).unwrap();
             }
         }

@@ -117,9 +117,8 @@ fn open_writer(
     init: ManifestInit,
 ) -> Result<Option<CacheWriter>, PipelineError> {
     let out = &spec.out;
-    let has_entries = std::fs::read_dir(out).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| e.file_name() != posthoc_cache::LOCK_FILE))
-    });
+    let has_entries = std::fs::read_dir(out)
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != posthoc_cache::LOCK_FILE)));
     if !has_entries {
         let options = WriterOptions {
             row_group_rows: spec.commit_rows,

@@ -279,7 +279,11 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         Some(m) => {
             if let CacheLocation::Remote(url) = &location {
                 info!(out = %url, "uploading the finished cache (manifest last)");
-                posthoc_cache::store::copy(&CacheLocation::Local(out.clone()), &location, |_, _| {})?;
+                posthoc_cache::store::copy(
+                    &CacheLocation::Local(out.clone()),
+                    &location,
+                    |_, _| {},
+                )?;
                 drop(_staging_lock);
                 std::fs::remove_dir_all(&out)
                     .with_context(|| format!("removing the staging directory {}", out.display()))?;
@@ -291,9 +295,9 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
                 bytes as f64 / 1e6
             );
         }
-        None => println!(
-            "cache {location} not finished yet: run again (without --only) to complete it"
-        ),
+        None => {
+            println!("cache {location} not finished yet: run again (without --only) to complete it")
+        }
     }
     Ok(())
 }
@@ -326,8 +330,13 @@ mod tests {
             ("SLURM_ARRAY_TASK_STEP", "1"),
         ];
         assert_eq!(shard_from_env(env(&one_based), None).unwrap(), (0, 4));
-        let err = shard_from_env(env(&one_based), Some(3)).unwrap_err().to_string();
-        assert!(err.contains("--shards 3") && err.contains("4 tasks"), "{err}");
+        let err = shard_from_env(env(&one_based), Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--shards 3") && err.contains("4 tasks"),
+            "{err}"
+        );
         let off_step = [
             ("SLURM_ARRAY_TASK_ID", "4"),
             ("SLURM_ARRAY_TASK_COUNT", "3"),
@@ -344,7 +353,10 @@ mod tests {
         let err = shard_from_env(env(&k8s), None).unwrap_err().to_string();
         assert!(err.contains("--shards N"), "{err}");
         let err = shard_from_env(env(&k8s), Some(2)).unwrap_err().to_string();
-        assert!(err.contains("index 2 is not below the shard count 2"), "{err}");
+        assert!(
+            err.contains("index 2 is not below the shard count 2"),
+            "{err}"
+        );
     }
 
     #[test]
