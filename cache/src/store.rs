@@ -270,6 +270,8 @@ impl RemoteStore {
             max_retries: 3,
             retry_timeout: Duration::from_secs(30),
         };
+        // Client options (timeouts, proxies, `*_ALLOW_HTTP`) come from the environment
+        // through each builder's `from_env`; only the plain HTTP store gets its own.
         let client = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(10))
             .with_timeout(Duration::from_secs(300));
@@ -283,7 +285,6 @@ impl RemoteStore {
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(text)
                     .with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(fail)?,
             ),
@@ -291,7 +292,6 @@ impl RemoteStore {
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(text)
                     .with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(fail)?,
             ),
@@ -299,7 +299,6 @@ impl RemoteStore {
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(text)
                     .with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(fail)?,
             ),
@@ -405,14 +404,18 @@ impl RemoteStore {
             .block_on(async move { store.list_with_delimiter(Some(&prefix)).await.map(|_| ()) });
         match listed {
             Ok(()) => Ok(()),
-            Err(e @ object_store::Error::NotFound { .. }) => Err(CacheError::Store {
-                url: self.url.to_string(),
-                reason: format!(
-                    "the bucket `{}` does not exist or is not visible with these credentials ({})",
-                    self.url.url.host_str().unwrap_or(""),
-                    describe(&e)
-                ),
-            }),
+            Err(e)
+                if matches!(e, object_store::Error::NotFound { .. })
+                    || s3_error_code(&e.to_string()).as_deref() == Some("NoSuchBucket") =>
+            {
+                Err(CacheError::Store {
+                    url: self.url.to_string(),
+                    reason: format!(
+                        "the bucket `{}` does not exist or is not visible with these credentials",
+                        self.url.url.host_str().unwrap_or("")
+                    ),
+                })
+            }
             Err(e) => Err(self.err("", "LIST", &e)),
         }
     }
