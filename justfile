@@ -122,3 +122,36 @@ bench-zoo *ARGS:
     mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc-zoo
     echo "load: $(uptime)"
     "$venv/bin/python" bench/run_zoo_bench.py --posthoc .bench/bin/posthoc-zoo --python "$venv/bin/python" --bench-python .venv-bench/bin/python {{ARGS}}
+
+# --- scale (issue 11) ---
+# ImageNet-size streaming: (a) finish a cache whose train split is ROWS x M (default
+# 1,281,167 x 2048, C = 1000: ~10.5 GB of f32 on disk under .bench/scale, removed after),
+# timed in its own process with its peak RSS (bound: 2 GiB); (b) `posthoc eval` of a
+# 90,000 x 2048 cache (45k ID test + 45k OOD), peak RSS over the raw scored features
+# (bound: 2x). Run it on a quiet machine; it writes ~11 GB.
+bench-scale rows="1281167" m="2048" c="1000":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p posthoc-cache --example bench_scale
+    cargo build --release -p posthoc
+    t="${CARGO_TARGET_DIR:-target}/release"
+    dir=.bench/scale; rm -rf "$dir"; mkdir -p "$dir"
+    echo "load: $(uptime)"
+    "$t/examples/bench_scale" write "$dir/train" {{rows}} {{m}} {{c}}
+    "$t/examples/bench_scale" finish "$dir/train"
+    rm -rf "$dir/train"
+    "$t/examples/bench_scale" write "$dir/eval" 20000 {{m}} {{c}} 45000 45000
+    "$t/examples/bench_scale" finish "$dir/eval"
+    python3 - "$t/posthoc" "$dir/eval" {{m}} <<'PY'
+    import resource, subprocess, sys, time
+    bin, cache, m = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    t0 = time.time()
+    subprocess.run([bin, "eval", "--cache", cache, "--method", "dice,react,energy,msp", "--ood", "ood"],
+                   check=True, stdout=subprocess.DEVNULL)
+    wall = time.time() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    raw = 90000 * m * 4
+    print(f"eval   90000 x {m}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB = {rss / raw:.2f}x the raw features ({raw / 2**20:.0f} MiB)")
+    PY
+    rm -rf "$dir"
+# --- end scale ---

@@ -225,10 +225,74 @@ fn killed_run_resumes_to_the_same_cache() {
     );
     assert!(posthoc_cache::verify(&out).is_err());
 
-    assert_ok(&precompute(&config, &out, &args));
+    // The killed writer's lock is stale: reported, and broken only with --break-lock.
+    let refused = precompute(&config, &out, &args);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("stale lock") && err.contains(&format!("pid {}", child.id())),
+        "{err}"
+    );
+    assert_ok(&precompute(
+        &config,
+        &out,
+        &[&args[..], &["--break-lock"]].concat(),
+    ));
     posthoc_cache::verify(&out).unwrap().into_result().unwrap();
     let (a, b) = (split_hashes(&reference), split_hashes(&out));
     assert_eq!(a, b, "resumed cache differs from the uninterrupted one");
+}
+
+#[test]
+fn a_second_writer_fails_at_once_naming_the_first_or_waits_with_wait_lock() {
+    let Some(shared) = shared() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &shared, CIFAR10, &["mnist"], &[]);
+    let out = dir.path().join("cache");
+    let args = ["--limit", "96", "--commit-every", "16"];
+    let spawn = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["precompute", "--config", config.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .args(args)
+            .args(extra)
+            .env("POSTHOC_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn(&[]);
+    let lock = out.join(posthoc_cache::LOCK_FILE);
+    let started = Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.is_empty()) {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "first writer ended early"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no lock taken");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = Instant::now();
+    let second = precompute(&config, &out, &args);
+    assert!(!second.status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the second writer must fail at once"
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains(&format!("being written by pid {}", first.id()))
+            && err.contains("--wait-lock"),
+        "{err}"
+    );
+    // With --wait-lock it waits for the first, then finds the cache complete.
+    let waiting = spawn(&["--wait-lock"]);
+    assert_ok(&first.wait_with_output().unwrap());
+    let waited = waiting.wait_with_output().unwrap();
+    assert_ok(&waited);
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("complete"));
+    posthoc_cache::verify(&out).unwrap().into_result().unwrap();
 }
 
 #[test]

@@ -247,6 +247,22 @@ pub enum CacheError {
         /// The field (model, head, preprocessing, role of a set...).
         field: String,
     },
+    /// A request to an object store failed (the message never holds a credential).
+    #[error("{url}: {reason}")]
+    Store {
+        /// The object or prefix URL (without user info or query).
+        url: String,
+        /// What failed, in one line.
+        reason: String,
+    },
+    /// Another writer holds the cache's lock (or a dead one left it behind).
+    #[error("{lock}: {reason}")]
+    Locked {
+        /// The lock file or object.
+        lock: String,
+        /// Who holds it and what to do.
+        reason: String,
+    },
     /// A `.npy` file could not be read.
     #[error("{file}: {source}")]
     Npy {

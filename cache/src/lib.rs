@@ -34,27 +34,32 @@
 
 mod data;
 mod error;
+pub mod fault;
 mod import;
 mod io;
+pub mod lock;
 mod manifest;
 mod merge;
 pub mod percentile;
 mod reader;
 pub mod schema;
 mod stats;
+pub mod store;
 mod verify;
 mod writer;
 
 pub use data::{Head, SplitData, SplitFeatures};
 pub use error::{CacheError, Result};
 pub use import::{ImportOptions, import_npy};
+pub use lock::{LOCK_FILE, LockOptions, LockOwner, WriteLock};
 pub use manifest::{
     FORMAT_VERSION, FileEntry, HEAD_FILE, MANIFEST_FILE, Manifest, ManifestInit, ModelInfo,
     PARTIAL_DIR, PERCENTILES_FILE, Role, STATS_FILE, Skipped, ToolInfo, split_file_name,
     validate_set_name,
 };
-pub use merge::merge;
+pub use merge::{merge, merge_locations};
 pub use reader::{FeatureCache, SplitStream};
 pub use stats::{ActivationPercentiles, TrainStats};
+pub use store::{CacheLocation, CopyAction, CopyReport, RemoteStore, RemoteUrl, StoreKind};
 pub use verify::{FileCheck, Report, verify};
 pub use writer::{CacheWriter, ResumePoint, SplitWriter, WriterOptions};

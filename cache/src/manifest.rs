@@ -269,9 +269,15 @@ impl Manifest {
             }
             Err(e) => return Err(io_err(&file)(e)),
         };
+        Manifest::parse(&text, &file)
+    }
+
+    /// Parses and validates manifest text; `file` (a path or URL) names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Manifest> {
+        let file = file.to_path_buf();
         // Check the version before the full schema so that a newer format says so.
         let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| CacheError::ManifestJson {
+            serde_json::from_str(text).map_err(|source| CacheError::ManifestJson {
                 file: file.clone(),
                 source,
             })?;

@@ -100,6 +100,20 @@ impl FeatureCache {
         })
     }
 
+    /// Opens the cache at `location`: a directory path, or a URL (`file://`, `s3://`,
+    /// `gs://`, `az://`, `http(s)://`; see [`crate::store`]). A remote cache is made
+    /// local through the content-addressed download cache first (each file's sha256
+    /// checked on arrival); `dir()` is then that local copy.
+    pub fn open_url(location: &str, verify_hashes: bool) -> Result<FeatureCache> {
+        match crate::store::CacheLocation::parse(location)? {
+            crate::store::CacheLocation::Local(dir) => Self::open_with(dir, verify_hashes),
+            crate::store::CacheLocation::Remote(url) => {
+                let dir = crate::store::fetch_remote(&url)?;
+                Self::open_with(dir, verify_hashes)
+            }
+        }
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir

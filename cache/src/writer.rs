@@ -248,7 +248,7 @@ impl CacheWriter {
             });
         }
         if let Ok(mut entries) = std::fs::read_dir(&dir)
-            && entries.next().is_some()
+            && entries.any(|e| e.is_ok_and(|e| e.file_name() != crate::lock::LOCK_FILE))
         {
             return Err(CacheError::InvalidInput {
                 context: dir.display().to_string(),
@@ -329,6 +329,13 @@ impl CacheWriter {
     /// What the producer stated when the cache was created (model, preprocessing, ...).
     pub fn init(&self) -> &ManifestInit {
         &self.state.init
+    }
+
+    /// The provenance the manifest will record, to complete before [`CacheWriter::finish`]
+    /// (end time, throughput, ...). Kept in memory only: a resumed writer starts again
+    /// from what [`CacheWriter::create`] was given.
+    pub fn provenance_mut(&mut self) -> &mut serde_json::Value {
+        &mut self.state.init.provenance
     }
 
     /// Whether the cache is already finished.
@@ -607,6 +614,7 @@ pub(crate) fn finalize(
             }
         }
     }
+    crate::fault::point("finish.before_manifest");
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         model: init.model.clone(),
@@ -636,6 +644,7 @@ pub(crate) fn finalize(
         std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
     }
     fsync_dir(dir)?;
+    crate::fault::point("finish.before_rename");
     commit_tmp(&staged, &manifest_path)?;
     Ok(manifest)
 }

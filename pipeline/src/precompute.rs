@@ -117,7 +117,8 @@ fn open_writer(
     init: ManifestInit,
 ) -> Result<Option<CacheWriter>, PipelineError> {
     let out = &spec.out;
-    let has_entries = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    let has_entries = std::fs::read_dir(out)
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != posthoc_cache::LOCK_FILE)));
     if !has_entries {
         let options = WriterOptions {
             row_group_rows: spec.commit_rows,
@@ -242,6 +243,7 @@ pub fn precompute(
     }
     let manifest = if all_closed {
         info!(out = %spec.out.display(), "finishing cache (statistics, manifest)");
+        record_run(writer.provenance_mut(), &reports);
         Some(writer.finish()?)
     } else {
         info!(
@@ -254,6 +256,34 @@ pub fn precompute(
         sets: reports,
         manifest,
     })
+}
+
+/// Adds the finish time and this run's per-set throughput to the manifest's provenance
+/// (when it is a JSON object).
+fn record_run(provenance: &mut serde_json::Value, reports: &[SetReport]) {
+    let Some(p) = provenance.as_object_mut() else {
+        return;
+    };
+    p.insert(
+        "finished".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into(),
+    );
+    let sets: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "rows": r.rows,
+                "processed": r.processed,
+                "skipped": r.skipped,
+                "seconds": r.seconds,
+                "images_per_second": r.images_per_second(),
+            })
+        })
+        .collect();
+    p.insert("sets".into(), sets.into());
 }
 
 /// One set: resume point, loader, network, appends.

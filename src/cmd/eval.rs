@@ -150,7 +150,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .and_then(|(_, c)| c.eval.convention.as_deref()))
         .unwrap_or("sklearn")
         .parse()?;
-    let cache = FeatureCache::open_with(&cache_dir, !args.no_verify)
+    let cache = FeatureCache::open_url(&cache_dir.to_string_lossy(), !args.no_verify)
         .with_context(|| format!("opening cache {}", cache_dir.display()))?;
     if let Some((path, cfg)) = &config {
         check_config_fits(path, cfg, &cache)?;
