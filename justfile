@@ -17,6 +17,9 @@ setup:
     ln -sfn "$shared/checkpoints/dice-densenet100" checkpoints/dice-densenet100
     ln -sfn "$shared/cifar10" datasets/cifar10
     ln -sfn "$shared/ood" datasets/ood
+    # The ImageNet-style run (configs/imagenet-efficientnet-lite0.toml).
+    ln -sfn "$shared/imagenet" datasets/imagenet
+    ln -sfn "$shared/checkpoints/efficientnet-lite0" checkpoints/efficientnet-lite0
     echo "linked checkpoints/ and datasets/ to $shared"
 
 # The test suite (what CI runs).
@@ -42,6 +45,17 @@ precompute *ARGS: setup build-release
 # The papers' 13 settings on the default cache: tables on stdout, JSON/CSV/plots in out/.
 eval *ARGS: build-release
     "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config {{config}} --json out/eval-cifar10-densenet100.json --csv out/eval-cifar10-densenet100.csv --plots out/plots-cifar10-densenet100 {{ARGS}}
+
+# --- ImageNet-style run: EfficientNet-Lite0 on 1,300 ImageNet val images, DTD textures as OOD.
+imagenet_config := "configs/imagenet-efficientnet-lite0.toml"
+
+# Feature cache of the ImageNet config (resumable).
+precompute-imagenet *ARGS: setup build-release
+    "${CARGO_TARGET_DIR:-target}/release/posthoc" precompute --config {{imagenet_config}} {{ARGS}}
+
+# Its evaluate sweep (the papers' ImageNet settings and the CIFAR ones): tables, JSON/CSV/plots.
+eval-imagenet *ARGS: build-release
+    "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config {{imagenet_config}} --json out/eval-imagenet-efficientnet-lite0.json --csv out/eval-imagenet-efficientnet-lite0.csv --plots out/plots-imagenet-efficientnet-lite0 {{ARGS}}
 
 # Compile the GPU backends (needs the CUDA toolkit and network for burn-cuda's LLVM
 # bundle; libtorch from `pip install torch==2.9.0` for tch). Not run in CI.

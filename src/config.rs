@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use posthoc_pipeline::data::{DataError, Preprocess};
-use posthoc_pipeline::model::DenseNetConfig;
+use posthoc_pipeline::data::{DataError, ImageSetSpec, Interpolation, Preprocess};
+use posthoc_pipeline::model::{Arch, DenseNetConfig};
 use serde::{Deserialize, Serialize};
 
 /// A whole experiment config file.
@@ -33,21 +33,30 @@ pub struct ExperimentConfig {
 pub struct ModelSection {
     /// Identifier written to the cache manifest (caches of other models are refused).
     pub id: String,
-    /// Architecture name (`densenet-bc`).
+    /// Architecture name: one of [`Arch::ALL`] (`densenet-bc`, `efficientnet-lite0`, ...).
     pub arch: String,
-    /// Network depth (100 for DenseNet-BC-100).
-    pub depth: usize,
-    /// DenseNet growth rate.
-    pub growth_rate: usize,
-    /// Transition compression.
-    pub reduction: f64,
-    /// Bottleneck (1x1) layers in dense blocks.
-    pub bottleneck: bool,
+    /// Network depth (DenseNet-BC only: 100 for DenseNet-BC-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Growth rate (DenseNet-BC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_rate: Option<usize>,
+    /// Transition compression (DenseNet-BC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduction: Option<f64>,
+    /// Bottleneck (1x1) layers in dense blocks (DenseNet-BC only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<bool>,
     /// Number of classes of the head.
     pub num_classes: usize,
     /// Class names in label order.
     #[serde(default)]
     pub class_names: Vec<String>,
+    /// A file of class names in label order, one a line, the name being the line's first
+    /// whitespace-separated field (`n01440764 tench` gives `n01440764`, the ImageFolder
+    /// class folder); instead of `class_names`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names_file: Option<PathBuf>,
     /// Dropout rate inside dense layers (training only).
     #[serde(default)]
     pub dropout: f64,
@@ -56,33 +65,80 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
+    /// The architecture `arch` names; an error naming the config at `path` and listing the
+    /// known architectures when it is none of them.
+    pub fn architecture(&self, path: &Path) -> Result<Arch, ConfigError> {
+        self.arch
+            .parse::<Arch>()
+            .map_err(|_| ConfigError::UnsupportedArch {
+                path: path.to_owned(),
+                arch: self.arch.clone(),
+            })
+    }
+
     /// The network of this section with dropout probability `dropout`; an error (naming
-    /// the config at `path`) unless `arch` is `densenet-bc`, the one implemented.
+    /// the config at `path`) unless `arch` is `densenet-bc` with its four hyperparameters.
     pub fn densenet(&self, path: &Path, dropout: f64) -> Result<DenseNetConfig, ConfigError> {
-        if self.arch != "densenet-bc" {
-            return Err(ConfigError::UnsupportedArch {
+        if self.architecture(path)? != Arch::DenseNetBc {
+            return Err(ConfigError::NotDenseNet {
                 path: path.to_owned(),
                 arch: self.arch.clone(),
             });
         }
+        let need = |field: &'static str| ConfigError::MissingField {
+            path: path.to_owned(),
+            section: "model",
+            field,
+            why: "arch = \"densenet-bc\" needs it",
+        };
         Ok(DenseNetConfig {
-            depth: self.depth,
-            growth_rate: self.growth_rate,
-            reduction: self.reduction,
-            bottleneck: self.bottleneck,
+            depth: self.depth.ok_or_else(|| need("depth"))?,
+            growth_rate: self.growth_rate.ok_or_else(|| need("growth_rate"))?,
+            reduction: self.reduction.ok_or_else(|| need("reduction"))?,
+            bottleneck: self.bottleneck.ok_or_else(|| need("bottleneck"))?,
             num_classes: self.num_classes,
             dropout,
         })
     }
 
-    /// Class names in label order: `class_names`, or the label numbers when none are given.
-    pub fn labelled_classes(&self) -> Vec<String> {
-        if self.class_names.is_empty() {
-            (0..self.num_classes).map(|c| c.to_string()).collect()
-        } else {
-            self.class_names.clone()
+    /// Class names in label order: `class_names`, the first fields of `class_names_file`'s
+    /// lines, or the label numbers when neither is given. Errors name the config at `path`
+    /// (both given) or the class file and line (unreadable, a blank line).
+    pub fn labelled_classes(&self, path: &Path) -> Result<Vec<String>, ConfigError> {
+        match (&self.class_names_file, self.class_names.is_empty()) {
+            (Some(_), false) => Err(ConfigError::Conflict {
+                path: path.to_owned(),
+                what: "[model] has both class_names and class_names_file: give one".into(),
+            }),
+            (Some(file), true) => read_class_names(file),
+            (None, false) => Ok(self.class_names.clone()),
+            (None, true) => Ok((0..self.num_classes).map(|c| c.to_string()).collect()),
         }
     }
+}
+
+/// The first whitespace-separated field of every line of `file` (trailing empty lines
+/// ignored); a blank line in between is an error naming the file and line.
+pub fn read_class_names(file: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            line.split_whitespace()
+                .next()
+                .map(str::to_owned)
+                .ok_or_else(|| ConfigError::BadLine {
+                    path: file.to_owned(),
+                    line: i + 1,
+                    reason: "blank line: expected a class name".into(),
+                })
+        })
+        .collect()
 }
 
 /// `[preprocess]`: `Resize(resize)`, `CenterCrop(crop)`, `ToTensor`, `Normalize(mean, std)`.
@@ -91,6 +147,9 @@ impl ModelSection {
 pub struct PreprocessSection {
     /// Shorter side after resizing.
     pub resize: u32,
+    /// Resize filter, `"bilinear"` (default, torchvision's) or `"bicubic"` (both Pillow-exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolation: Option<Interpolation>,
     /// Centre-crop size.
     pub crop: u32,
     /// Per-channel mean (RGB).
@@ -102,12 +161,13 @@ pub struct PreprocessSection {
 impl PreprocessSection {
     /// The checked transform this section describes.
     pub fn transform(&self) -> Result<Preprocess, DataError> {
-        Preprocess::new(
+        Ok(Preprocess::new(
             Some(self.resize as usize),
             self.crop as usize,
             self.mean,
             self.std,
-        )
+        )?
+        .with_interpolation(self.interpolation.unwrap_or_default()))
     }
 }
 
@@ -125,6 +185,28 @@ pub enum SetSource {
         /// Shard paths.
         tar: Vec<PathBuf>,
     },
+    /// An image list: `<path> <label>` per line (label optional for OOD sets), paths
+    /// relative to `root`.
+    List {
+        /// The list file.
+        list: PathBuf,
+        /// Folder the listed paths are relative to.
+        root: PathBuf,
+    },
+}
+
+impl SetSource {
+    /// The pipeline's description of this set.
+    pub fn spec(&self) -> ImageSetSpec {
+        match self {
+            SetSource::Folder { folder } => ImageSetSpec::Folder(folder.clone()),
+            SetSource::Tar { tar } => ImageSetSpec::Tar(tar.clone()),
+            SetSource::List { list, root } => ImageSetSpec::List {
+                list: list.clone(),
+                root: root.clone(),
+            },
+        }
+    }
 }
 
 /// `[data]`: the ID splits and the OOD sets (by name).
@@ -292,12 +374,50 @@ impl ClipValue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `[model] arch` names a network that is not implemented.
-    #[error("{}: [model] arch = {arch:?}: only \"densenet-bc\" is implemented", path.display())]
+    #[error("{}: [model] arch = {arch:?} is not a known architecture (known: {})", path.display(), Arch::known_names())]
     UnsupportedArch {
         /// Config path.
         path: PathBuf,
         /// The `arch` given.
         arch: String,
+    },
+    /// A command that only works on DenseNet-BC got another architecture.
+    #[error("{}: [model] arch = {arch:?}: this command needs arch = \"densenet-bc\"", path.display())]
+    NotDenseNet {
+        /// Config path.
+        path: PathBuf,
+        /// The `arch` given.
+        arch: String,
+    },
+    /// A field the rest of the section makes necessary is absent.
+    #[error("{}: [{section}] {field} is missing ({why})", path.display())]
+    MissingField {
+        /// Config path.
+        path: PathBuf,
+        /// Section name.
+        section: &'static str,
+        /// Field name.
+        field: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
+    /// Two settings that exclude each other.
+    #[error("{}: {what}", path.display())]
+    Conflict {
+        /// Config path.
+        path: PathBuf,
+        /// What conflicts.
+        what: String,
+    },
+    /// A line of a list file (class names, image list) that cannot be used.
+    #[error("{}:{line}: {reason}", path.display())]
+    BadLine {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
     },
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
@@ -372,17 +492,31 @@ mod tests {
         let mut want = DenseNetConfig::densenet_bc_100(10);
         want.dropout = 0.3;
         assert_eq!(model.densenet(&path, 0.3).unwrap(), want);
-        assert_eq!(model.labelled_classes()[0], "airplane");
+        assert_eq!(model.labelled_classes(&path).unwrap()[0], "airplane");
         model.class_names.clear();
         assert_eq!(
-            model.labelled_classes(),
+            model.labelled_classes(&path).unwrap(),
             ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
         );
-        model.arch = "resnet".into();
+        model.depth = None;
         let e = model.densenet(Path::new("x.toml"), 0.0).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "x.toml: [model] arch = \"resnet\": only \"densenet-bc\" is implemented"
+            "x.toml: [model] depth is missing (arch = \"densenet-bc\" needs it)"
+        );
+        model.arch = "efficientnet-lite0".into();
+        let e = model.densenet(Path::new("x.toml"), 0.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.toml: [model] arch = \"efficientnet-lite0\": this command needs arch = \"densenet-bc\""
+        );
+        model.arch = "resnet".into();
+        let e = model.architecture(Path::new("x.toml")).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "x.toml: [model] arch = \"resnet\" is not a known architecture (known: \"densenet-bc\", \"efficientnet-lite0\""
+            ),
+            "{e}"
         );
     }
 
@@ -404,6 +538,7 @@ mod tests {
         let model = cfg.model.unwrap();
         assert_eq!(model.num_classes, 10);
         assert_eq!(model.class_names.len(), 10);
+        assert!(model.class_names_file.is_none());
         let data = cfg.data.unwrap();
         assert_eq!(
             data.ood.keys().collect::<Vec<_>>(),

@@ -12,14 +12,16 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::store::{
-    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
 };
 use burn::tensor::Device;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CheckpointError, PipelineError, ShapeMismatch};
-use crate::model::{DenseNet, DenseNetConfig, DenseNetPlan};
+use crate::model::{Arch, Backbone, DenseNet, DenseNetConfig, DenseNetPlan};
 
 /// The entry of a training checkpoint dict that holds the state dict (DICE:
 /// `torch.save({'epoch': ..., 'state_dict': model.state_dict(), ...})`).
@@ -264,13 +266,31 @@ pub fn load_densenet_with_key(
 fn load_densenet_from_store<S: ModuleStore>(
     config: &DenseNetConfig,
     path: &Path,
-    mut store: S,
+    store: S,
     device: &Device,
 ) -> Result<LoadedDenseNet, PipelineError>
 where
     S::Error: std::fmt::Display,
 {
     let plan = config.plan()?;
+    let expected = densenet_state_dict_layout(&plan);
+    let model = DenseNet::from_plan(&plan, device);
+    let (model, info) = load_checked(model, &expected, &describe_model(&plan), path, store)?;
+    Ok(LoadedDenseNet { model, plan, info })
+}
+
+/// Loads `store` (read from `path`) into `model` once every key and shape of the file is
+/// checked against `expected` (PyTorch naming); `model_name` names the network in errors.
+pub(crate) fn load_checked<M: Module, S: ModuleStore>(
+    mut model: M,
+    expected: &[StateDictEntry],
+    model_name: &str,
+    path: &Path,
+    mut store: S,
+) -> Result<(M, CheckpointInfo), PipelineError>
+where
+    S::Error: std::fmt::Display,
+{
     let (sha256, bytes) = file_sha256(path)?;
     let parse = |message: String| CheckpointError::Parse {
         path: path.to_path_buf(),
@@ -284,12 +304,11 @@ where
         .map(|(key, t)| (key.clone(), t.shape.to_vec()))
         .collect();
 
-    let expected = densenet_state_dict_layout(&plan);
-    let diff = compare_state_dict(&expected, &found);
+    let diff = compare_state_dict(expected, &found);
     if !diff.is_match() {
         return Err(CheckpointError::StateDictMismatch {
             path: path.to_path_buf(),
-            model: describe_model(&plan),
+            model: model_name.to_owned(),
             missing: diff.missing,
             unexpected: diff.unexpected,
             shape_mismatches: diff.shape_mismatches,
@@ -301,7 +320,6 @@ where
         path: path.to_path_buf(),
         message,
     };
-    let mut model = DenseNet::from_plan(&plan, device);
     let result = model
         .load_from(&mut store)
         .map_err(|e| apply_error(e.to_string()))?;
@@ -333,16 +351,230 @@ where
         .into());
     }
 
-    Ok(LoadedDenseNet {
+    Ok((
         model,
-        plan,
-        info: CheckpointInfo {
+        CheckpointInfo {
             path: path.to_path_buf(),
             sha256,
             bytes,
             tensors_loaded: result.applied.len(),
             ignored_keys: diff.ignored,
         },
+    ))
+}
+
+/// The state dict `module` needs, in PyTorch naming (burn's names mapped by
+/// [`BurnToPyTorchAdapter`]: BatchNorm `gamma`/`beta` -> `weight`/`bias`, linear weights
+/// `[out, in]`), sorted by key.
+pub fn module_state_dict_layout<M: ModuleSnapshot>(module: &M) -> Vec<StateDictEntry> {
+    let mut layout: Vec<StateDictEntry> = module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| StateDictEntry {
+            key: t.name.clone(),
+            shape: t.shape.to_vec(),
+        })
+        .collect();
+    layout.sort_by(|a, b| compare_keys(&a.key, &b.key));
+    layout
+}
+
+/// Entries of a saved training dict that hold the state dict (`torch.save({'state_dict':
+/// model.state_dict(), ...})`, `{'model': ...}`, `{'net': ...}`), tried in this order.
+pub const NESTED_STATE_DICT_KEYS: [&str; 3] = ["state_dict", "model", "net"];
+
+/// The key prefix `nn.DataParallel` adds to every parameter.
+pub const DATA_PARALLEL_PREFIX: &str = "module.";
+
+/// The prefix shared by every key that wraps the state dict: one of
+/// [`NESTED_STATE_DICT_KEYS`] plus `.`, then [`DATA_PARALLEL_PREFIX`]; empty when none.
+pub fn wrapper_prefix<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> String {
+    let all_start = |prefix: &str| {
+        let mut any = false;
+        let all = keys.clone().all(|k| {
+            any = true;
+            k.starts_with(prefix)
+        });
+        any && all
+    };
+    let mut prefix = NESTED_STATE_DICT_KEYS
+        .iter()
+        .map(|k| format!("{k}."))
+        .find(|p| all_start(p))
+        .unwrap_or_default();
+    let parallel = format!("{prefix}{DATA_PARALLEL_PREFIX}");
+    if all_start(&parallel) {
+        prefix = parallel;
+    }
+    prefix
+}
+
+/// A network of a registered architecture loaded from a checkpoint.
+#[derive(Debug)]
+pub struct LoadedBackbone {
+    /// The architecture.
+    pub arch: Arch,
+    /// The network with the checkpoint's weights.
+    pub model: Backbone,
+    /// Provenance of the checkpoint file.
+    pub info: CheckpointInfo,
+}
+
+/// Loads the checkpoint at `path` into a fresh `arch` network with `num_classes` classes on
+/// `device`. Accepted files: torch zip (`torch.save` since 1.6) and legacy (pre-1.6) `.pth` /
+/// `.pt` / `.pth.tar`, the state dict at the top or nested under one of
+/// [`NESTED_STATE_DICT_KEYS`], with or without the `module.` prefix of `DataParallel`, and
+/// `.safetensors` (PyTorch naming). Every key and shape is checked before any tensor is
+/// applied (missing, unexpected and mismatched keys named); `num_batches_tracked` counters
+/// are ignored.
+pub fn load_backbone(
+    arch: Arch,
+    num_classes: usize,
+    path: &Path,
+    device: &Device,
+) -> Result<LoadedBackbone, PipelineError> {
+    let model = arch.init(num_classes, device)?;
+    let name = format!("{arch} ({num_classes} classes)");
+    let parse = |message: String| CheckpointError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        // The reader's own message would not name the path.
+        file_sha256(path)?;
+    }
+    let keys: Vec<String> = if is_safetensors(path) {
+        SafetensorsStore::from_file(path)
+            .keys()
+            .map_err(|e| parse(e.to_string()))?
+    } else {
+        PytorchStore::from_file(path)
+            .keys()
+            .map_err(|e| parse(e.to_string()))?
+    };
+    let prefix = wrapper_prefix(keys.iter().map(String::as_str));
+    let names = KeyNames {
+        prefix: &prefix,
+        renames: arch.key_renames(),
+    };
+    let (model, info) = match model {
+        Backbone::DenseNet(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::DenseNet(Box::new(m)), info)
+        }
+        Backbone::EfficientNetLite(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::EfficientNetLite(Box::new(m)), info)
+        }
+        Backbone::ResNet(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::ResNet(Box::new(m)), info)
+        }
+    };
+    Ok(LoadedBackbone { arch, model, info })
+}
+
+/// The state dict of an `arch` checkpoint with `num_classes` classes in the checkpoint's
+/// own key names (torchvision's, lukemelas', OpenOOD's), without `num_batches_tracked`.
+pub fn arch_state_dict_layout(
+    arch: Arch,
+    num_classes: usize,
+) -> Result<Vec<StateDictEntry>, PipelineError> {
+    let names = KeyNames {
+        prefix: "",
+        renames: arch.key_renames(),
+    };
+    let layout = match arch.init(num_classes, &Device::flex())? {
+        Backbone::DenseNet(m) => module_state_dict_layout(m.as_ref()),
+        Backbone::EfficientNetLite(m) => module_state_dict_layout(m.as_ref()),
+        Backbone::ResNet(m) => module_state_dict_layout(m.as_ref()),
+    };
+    Ok(layout
+        .into_iter()
+        .map(|e| StateDictEntry {
+            key: names.to_file(&e.key),
+            shape: e.shape,
+        })
+        .collect())
+}
+
+/// How a checkpoint's keys map to a module's: a prefix wrapping every key (stripped) and
+/// `(file fragment, module fragment)` renames.
+struct KeyNames<'a> {
+    prefix: &'a str,
+    renames: &'static [(&'static str, &'static str)],
+}
+
+impl KeyNames<'_> {
+    /// The key remapper's `(regex, replacement)` pairs from file keys to module paths.
+    fn to_module_regexes(&self) -> Vec<(String, String)> {
+        let escape = |s: &str| s.replace('.', "\\.");
+        let mut pairs = Vec::new();
+        if !self.prefix.is_empty() {
+            pairs.push((format!("^{}", escape(self.prefix)), String::new()));
+        }
+        for (file, module) in self.renames {
+            pairs.push((escape(file), (*module).to_owned()));
+        }
+        pairs
+    }
+
+    /// A module key in the checkpoint's naming (for messages).
+    fn to_file(&self, key: &str) -> String {
+        let mut key = key.to_owned();
+        for (file, module) in self.renames {
+            key = key.replace(module, file);
+        }
+        key
+    }
+}
+
+/// [`load_checked`] from the PyTorch or safetensors store of `path`, its keys mapped by
+/// `names`; keys in errors are written the checkpoint's way.
+fn load_renamed<M: Module>(
+    model: M,
+    name: &str,
+    path: &Path,
+    names: &KeyNames<'_>,
+) -> Result<(M, CheckpointInfo), PipelineError> {
+    let expected = module_state_dict_layout(&model);
+    let result = if is_safetensors(path) {
+        let mut store = SafetensorsStore::from_file(path)
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .allow_partial(false);
+        for (from, to) in names.to_module_regexes() {
+            store = store.with_key_remapping(&from, &to);
+        }
+        load_checked(model, &expected, name, path, store)
+    } else {
+        let mut store = PytorchStore::from_file(path).allow_partial(false);
+        for (from, to) in names.to_module_regexes() {
+            store = store.with_key_remapping(&from, &to);
+        }
+        load_checked(model, &expected, name, path, store)
+    };
+    result.map_err(|e| match e {
+        PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
+            path,
+            model,
+            missing,
+            unexpected,
+            shape_mismatches,
+        }) => CheckpointError::StateDictMismatch {
+            path,
+            model,
+            missing: missing.iter().map(|k| names.to_file(k)).collect(),
+            unexpected: unexpected.iter().map(|k| names.to_file(k)).collect(),
+            shape_mismatches: shape_mismatches
+                .into_iter()
+                .map(|m| ShapeMismatch {
+                    key: names.to_file(&m.key),
+                    ..m
+                })
+                .collect(),
+        }
+        .into(),
+        other => other,
     })
 }
 
@@ -362,7 +594,6 @@ fn describe_model(plan: &DenseNetPlan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::store::BurnToPyTorchAdapter;
 
     fn entries(list: &[(&str, &[usize])]) -> Vec<StateDictEntry> {
         list.iter()

@@ -5,9 +5,11 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::checkpoint::{CheckpointInfo, LoadedDenseNet, load_densenet};
+use crate::checkpoint::{
+    CheckpointInfo, LoadedBackbone, LoadedDenseNet, load_backbone, load_densenet,
+};
 use crate::error::PipelineError;
-use crate::model::{CpuDenseNet, DenseNet, DenseNetConfig, DenseNetPlan, tensor_values};
+use crate::model::{Arch, Backbone, CpuDenseNet, DenseNetConfig, DenseNetPlan, tensor_values};
 
 /// Where the network runs.
 #[derive(Debug, Clone)]
@@ -21,6 +23,17 @@ pub enum ExtractorBackend {
     /// burn tensor operations on a burn device: `Device::flex()` (CPU), or a libtorch / CUDA
     /// device when the crate is built with the `tch` / `cuda` feature.
     Burn(Device),
+}
+
+impl ExtractorBackend {
+    /// The burn device networks are loaded onto: `Device::flex()` for the CPU engine (whose
+    /// weights are copied from a flex model).
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Cpu { .. } => Device::flex(),
+            Self::Burn(device) => device.clone(),
+        }
+    }
 }
 
 impl Default for ExtractorBackend {
@@ -90,18 +103,20 @@ enum Engine {
         net: Box<CpuDenseNet>,
         threads: usize,
     },
-    Burn {
-        model: Box<DenseNet>,
-        device: Device,
-    },
+    /// Any registered architecture (DenseNet-BC included) through burn tensor operations.
+    Burn { model: Backbone, device: Device },
 }
 
-/// A loaded DenseNet that maps batches of normalised `3 x 32 x 32` images to features and
-/// logits, on the CPU engine or a burn device.
+/// A loaded network that maps batches of normalised `3 x H x W` images to features and
+/// logits: DenseNet-BC on the CPU engine or a burn device, the other architectures on a
+/// burn device.
 #[derive(Debug)]
 pub struct FeatureExtractor {
     engine: Engine,
-    plan: DenseNetPlan,
+    input_shape: [usize; 3],
+    feature_dim: usize,
+    num_classes: usize,
+    plan: Option<DenseNetPlan>,
     info: CheckpointInfo,
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
@@ -121,11 +136,7 @@ impl FeatureExtractor {
         checkpoint: &Path,
         backend: ExtractorBackend,
     ) -> Result<Self, PipelineError> {
-        let device = match &backend {
-            ExtractorBackend::Cpu { .. } => Device::flex(),
-            ExtractorBackend::Burn(device) => device.clone(),
-        };
-        let loaded = load_densenet(config, checkpoint, &device)?;
+        let loaded = load_densenet(config, checkpoint, &backend.device())?;
         Ok(Self::from_loaded(loaded, backend))
     }
 
@@ -147,13 +158,55 @@ impl FeatureExtractor {
                 }
             }
             ExtractorBackend::Burn(device) => Engine::Burn {
-                model: Box::new(model),
+                model: Backbone::DenseNet(Box::new(model)),
                 device,
             },
         };
         Self {
             engine,
-            plan,
+            input_shape: Self::INPUT_SHAPE,
+            feature_dim: plan.feature_dim,
+            num_classes: plan.config.num_classes,
+            plan: Some(plan),
+            info,
+            head_weight,
+            head_bias,
+        }
+    }
+
+    /// Loads `checkpoint` into a `num_classes`-way `arch` network (any architecture but
+    /// DenseNet-BC, which [`Self::new`] builds from its hyperparameters) for inputs of
+    /// `3 x height x width` (`[height, width]` = `input`), see [`Self::from_backbone`].
+    pub fn new_backbone(
+        arch: Arch,
+        num_classes: usize,
+        checkpoint: &Path,
+        backend: ExtractorBackend,
+        input: [usize; 2],
+    ) -> Result<Self, PipelineError> {
+        let loaded = load_backbone(arch, num_classes, checkpoint, &backend.device())?;
+        Ok(Self::from_backbone(loaded, &backend, input))
+    }
+
+    /// Wraps a network of any architecture for inputs of `3 x height x width`. The `cpu`
+    /// backend runs it with burn's flex CPU backend (the fused engine is DenseNet's); for
+    /// [`ExtractorBackend::Burn`] the model must live on that device already.
+    pub fn from_backbone(
+        loaded: LoadedBackbone,
+        backend: &ExtractorBackend,
+        [height, width]: [usize; 2],
+    ) -> Self {
+        let LoadedBackbone { model, info, .. } = loaded;
+        let (head_weight, head_bias) = model.head_weights();
+        Self {
+            input_shape: [3, height, width],
+            feature_dim: model.feature_dim(),
+            num_classes: model.num_classes(),
+            engine: Engine::Burn {
+                model,
+                device: backend.device(),
+            },
+            plan: None,
             info,
             head_weight,
             head_bias,
@@ -162,17 +215,22 @@ impl FeatureExtractor {
 
     /// Dimension `m` of the features.
     pub fn feature_dim(&self) -> usize {
-        self.plan.feature_dim
+        self.feature_dim
     }
 
     /// Number of classes `C`.
     pub fn num_classes(&self) -> usize {
-        self.plan.config.num_classes
+        self.num_classes
     }
 
-    /// The checked model configuration.
-    pub fn plan(&self) -> &DenseNetPlan {
-        &self.plan
+    /// Shape of one input image: `[3, height, width]`.
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
+    }
+
+    /// The checked DenseNet configuration (`None` for the other architectures).
+    pub fn plan(&self) -> Option<&DenseNetPlan> {
+        self.plan.as_ref()
     }
 
     /// Provenance of the loaded checkpoint (path, sha256, size).
@@ -186,19 +244,19 @@ impl FeatureExtractor {
     }
 
     /// Features and logits of `n` images given as normalised NCHW float32
-    /// (`n x 3 x 32 x 32` values).
+    /// (`n x 3 x H x W` values, [`Self::input_shape`]).
     ///
     /// On the CPU engine every image is computed on its own, so a row's result does not
     /// depend on the batch it comes in or on the thread count.
     pub fn extract(&self, inputs: &[f32], n: usize) -> Result<Extracted, PipelineError> {
-        let [c, h, w] = Self::INPUT_SHAPE;
+        let [c, h, w] = self.input_shape;
         let expected = n * c * h * w;
         if inputs.len() != expected {
             return Err(PipelineError::InputShape {
                 found: inputs.len(),
                 expected,
                 n,
-                shape: Self::INPUT_SHAPE,
+                shape: self.input_shape,
             });
         }
         let (features, logits) = match &self.engine {

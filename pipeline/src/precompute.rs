@@ -189,7 +189,7 @@ pub fn precompute(
         },
         preprocessing: serde_json::json!({
             "resize": spec.preprocess.resize(),
-            "resize_interpolation": "PIL bilinear (antialiased, 8-bit fixed point), shorter side",
+            "resize_interpolation": spec.preprocess.interpolation().describe(),
             "crop": spec.preprocess.crop(),
             "center_crop_rounding": "round half to even (torchvision CenterCrop)",
             "to_tensor": "uint8 / 255",

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use posthoc::config::{ExperimentConfig, SetSource, required};
+use posthoc::config::{ExperimentConfig, required};
 use posthoc_cache::{CacheLocation, Role};
-use posthoc_pipeline::data::ImageSetSpec;
 use posthoc_pipeline::extractor::{ExtractorBackend, FeatureExtractor};
+use posthoc_pipeline::model::Arch;
 use posthoc_pipeline::precompute::{PrecomputeSpec, SetPlan, precompute};
 use tracing::info;
 
@@ -137,13 +137,6 @@ pub(crate) fn git_commit() -> &'static str {
     option_env!("POSTHOC_GIT_COMMIT").unwrap_or("unknown")
 }
 
-fn set_spec(source: &SetSource) -> ImageSetSpec {
-    match source {
-        SetSource::Folder { folder } => ImageSetSpec::Folder(folder.clone()),
-        SetSource::Tar { tar } => ImageSetSpec::Tar(tar.clone()),
-    }
-}
-
 /// Runs `posthoc precompute`.
 pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
     let path = &args.config;
@@ -151,7 +144,7 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
     let model = required(&cfg.model, path, "model", "precompute")?;
     let pre = required(&cfg.preprocess, path, "preprocess", "precompute")?;
     let data = required(&cfg.data, path, "data", "precompute")?;
-    let net_config = model.densenet(path, 0.0)?;
+    let arch = model.architecture(path)?;
     let out_text = args
         .out
         .clone()
@@ -196,30 +189,32 @@ pub fn run(args: PrecomputeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| model.checkpoint.clone());
     info!(checkpoint = %checkpoint.display(), "loading the network");
-    let net = FeatureExtractor::new(
-        &net_config,
-        &checkpoint,
-        args.backend.parse::<ExtractorBackend>()?,
-    )
+    let backend = args.backend.parse::<ExtractorBackend>()?;
+    let net = if arch == Arch::DenseNetBc {
+        FeatureExtractor::new(&model.densenet(path, 0.0)?, &checkpoint, backend)
+    } else {
+        let crop = preprocess.crop();
+        FeatureExtractor::new_backbone(arch, model.num_classes, &checkpoint, backend, [crop, crop])
+    }
     .with_context(|| format!("loading checkpoint {}", checkpoint.display()))?;
-    let class_names = model.labelled_classes();
+    let class_names = model.labelled_classes(path)?;
 
     let mut sets = vec![
         SetPlan {
             name: "id_train".into(),
             role: Role::IdTrain,
-            source: set_spec(&data.id_train),
+            source: data.id_train.spec(),
         },
         SetPlan {
             name: "id_test".into(),
             role: Role::IdTest,
-            source: set_spec(&data.id_test),
+            source: data.id_test.spec(),
         },
     ];
     sets.extend(data.ood.iter().map(|(name, source)| SetPlan {
         name: name.clone(),
         role: Role::Ood,
-        source: set_spec(source),
+        source: source.spec(),
     }));
     let shard = match args.shard.as_deref() {
         Some("auto") => Some(shard_from_env(|k| std::env::var(k).ok(), args.shards)?),

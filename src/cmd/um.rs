@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use posthoc::config::{ExperimentConfig, SetSource, required};
-use posthoc_pipeline::data::{ImageSet, ImageSetSpec, Preprocess};
+use posthoc_pipeline::data::{ImageSet, Preprocess};
 use posthoc_pipeline::extractor::ExtractorBackend;
 use posthoc_pipeline::model::DenseNetConfig;
 use posthoc_pipeline::um::config::{ConstraintSource, UmSection};
@@ -134,7 +134,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     let preprocess = pre
         .transform()
         .with_context(|| format!("{}: [preprocess]", path.display()))?;
-    let class_names = model.labelled_classes();
+    let class_names = model.labelled_classes(path)?;
     Ok(Loaded {
         config_path: path.clone(),
         config_estimate_file,
@@ -148,10 +148,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
 }
 
 fn train_images(l: &Loaded, limit: Option<usize>, seed: u64) -> anyhow::Result<TrainImages> {
-    let spec = match &l.train_set {
-        SetSource::Folder { folder } => ImageSetSpec::Folder(folder.clone()),
-        SetSource::Tar { tar } => ImageSetSpec::Tar(tar.clone()),
-    };
+    let spec = l.train_set.spec();
     let set: Arc<dyn ImageSet> = spec
         .open(Path::new("."), Some(&l.class_names))
         .with_context(|| format!("{}: [data] id_train", l.config_path.display()))?;

@@ -103,6 +103,16 @@ pub enum DataError {
         /// Its class folder.
         class: String,
     },
+    /// A line of an image list that cannot be used (bad label, missing file, ...).
+    #[error("image list {}:{line}: {reason}", path.display())]
+    ListLine {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A preprocessing or loader setting is out of range.
     #[error("invalid {field}: {reason}")]
     InvalidConfig {

@@ -5,6 +5,7 @@
 //! - [`transform`]: `Resize` (Pillow antialiased bilinear, fixed point), `CenterCrop`,
 //!   `ToTensor`, `Normalize`, composed and validated by [`Preprocess`].
 //! - [`sets`]: [`ImageFolder`] trees and [`TarShards`], indexed in torchvision order.
+//! - [`list`]: image lists (`<path> <label>` per line) of files under a root.
 //! - [`loader`]: [`Loader`], decoding batches on worker threads, in order, into `NCHW` `f32`.
 //!
 //! Plain buffers only (no tensor types), so this module does not depend on a backend.
@@ -14,6 +15,7 @@
 pub mod decode;
 pub mod error;
 mod jpeg;
+pub mod list;
 pub mod loader;
 pub mod sets;
 pub mod transform;
@@ -25,5 +27,6 @@ pub use sets::{
     IMG_EXTENSIONS, ImageFolder, ImageSet, ImageSetSpec, Sample, TarShards, has_image_extension,
 };
 pub use transform::{
-    Preprocess, center_crop, center_crop_offset, resize_bilinear, resize_shorter_side, resized_size,
+    Interpolation, Preprocess, center_crop, center_crop_offset, resize, resize_bilinear,
+    resize_shorter_side, resize_shorter_side_with, resized_size,
 };

@@ -31,12 +31,21 @@ pub enum ImageSetSpec {
     Folder(PathBuf),
     /// Tar shards of `<class>/<file>` members, read in the order given ([`TarShards`]).
     Tar(Vec<PathBuf>),
+    /// An image list (`<path> <label>` per line, [`super::list::open_image_list`]) of files
+    /// under `root`.
+    List {
+        /// The list file.
+        list: PathBuf,
+        /// The folder the listed paths are relative to.
+        root: PathBuf,
+    },
 }
 
 impl ImageSetSpec {
     /// Opens the set, resolving relative paths against `base` (e.g. the repository root).
     /// `classes` fixes the labels of tar shards (otherwise the sorted union of their class
-    /// folders); a folder set always labels its sorted class folders, as torchvision does.
+    /// folders) and of image lists (without it a list is an unlabelled OOD set); a folder
+    /// set always labels its sorted class folders, as torchvision does.
     pub fn open(
         &self,
         base: &Path,
@@ -51,6 +60,11 @@ impl ImageSetSpec {
                     None => TarShards::open(&paths)?,
                 })
             }
+            ImageSetSpec::List { list, root } => std::sync::Arc::new(super::list::open_image_list(
+                &base.join(list),
+                &base.join(root),
+                classes,
+            )?),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! torchvision-exact test transforms on 8-bit RGB images:
-//! `Resize(size)` (Pillow bilinear, antialiased, 8-bit fixed point), `CenterCrop(size)`,
+//! `Resize(size)` (Pillow bilinear or bicubic, antialiased, 8-bit fixed point), `CenterCrop(size)`,
 //! `ToTensor()` and `Normalize(mean, std)`, composed by [`Preprocess`].
 
 use serde::{Deserialize, Serialize};
@@ -30,11 +30,80 @@ pub fn resized_size(width: usize, height: usize, size: usize) -> (usize, usize) 
 /// torchvision `Resize(size)` on a PIL image: the shorter side to `size` with
 /// [`resize_bilinear`]; the image is returned unchanged when it already has that size.
 pub fn resize_shorter_side(image: RgbImage, size: usize) -> RgbImage {
+    resize_shorter_side_with(image, size, Interpolation::Bilinear)
+}
+
+/// [`resize_shorter_side`] with the resampling filter `filter`
+/// (`Resize(size, interpolation=...)`).
+pub fn resize_shorter_side_with(image: RgbImage, size: usize, filter: Interpolation) -> RgbImage {
     let (w, h) = resized_size(image.width(), image.height(), size);
     if (w, h) == (image.width(), image.height()) {
         image
     } else {
-        resize_bilinear(&image, w, h)
+        resize(&image, w, h, filter)
+    }
+}
+
+/// The resampling filter of `Resize` (torchvision `InterpolationMode`, as Pillow applies it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Pillow `BILINEAR` (triangle filter, support 1): torchvision's default.
+    #[default]
+    Bilinear,
+    /// Pillow `BICUBIC` (Keys cubic with `a = -0.5`, support 2).
+    Bicubic,
+}
+
+impl Interpolation {
+    /// Support of the filter at scale 1 (Pillow's `filter->support`).
+    fn support(self) -> f64 {
+        match self {
+            Interpolation::Bilinear => 1.0,
+            Interpolation::Bicubic => 2.0,
+        }
+    }
+
+    /// The filter's value at `x` (Pillow `bilinear_filter` / `bicubic_filter`):
+    /// bilinear `max(0, 1 - |x|)`; bicubic with `a = -0.5`:
+    /// `((a + 2)|x| - (a + 3))x^2 + 1` for `|x| < 1`, `a(|x|^3 - 5|x|^2 + 8|x| - 4)` for
+    /// `|x| < 2`, else 0.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Interpolation::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Interpolation::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Whether this is the default ([`Interpolation::Bilinear`]).
+    pub fn is_bilinear(&self) -> bool {
+        *self == Interpolation::Bilinear
+    }
+
+    /// How the cache manifest describes the resize.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Interpolation::Bilinear => {
+                "PIL bilinear (antialiased, 8-bit fixed point), shorter side"
+            }
+            Interpolation::Bicubic => "PIL bicubic (antialiased, 8-bit fixed point), shorter side",
+        }
     }
 }
 
@@ -47,16 +116,23 @@ struct Taps {
     weights: Vec<i32>,
 }
 
-/// Pillow's antialiased bilinear coefficients for resampling `n_in -> n_out` samples
-/// (`libImaging/Resample.c`, `precompute_coeffs` + `normalize_coeffs_8bpc`):
-/// `scale = n_in / n_out`, `fs = max(scale, 1)`; output `i` has `center = (i + 0.5) * scale`,
-/// taps `j` in `[max(int(center - fs + 0.5), 0), min(int(center + fs + 0.5), n_in))` with
-/// `w_j = max(0, 1 - |(j - center + 0.5) * (1 / fs)|)`, normalised to sum 1, then
-/// `k_j = int(0.5 + w_j * 2^22)`.
+/// Pillow's antialiased bilinear coefficients (see [`filter_taps`]).
+#[cfg(test)]
 fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<Taps> {
+    filter_taps(n_in, n_out, Interpolation::Bilinear)
+}
+
+/// Pillow's antialiased coefficients for resampling `n_in -> n_out` samples with `filter`
+/// (`libImaging/Resample.c`, `precompute_coeffs` + `normalize_coeffs_8bpc`):
+/// `scale = n_in / n_out`, `fs = max(scale, 1)`, `support = filter support * fs`; output
+/// `i` has `center = (i + 0.5) * scale`, taps `j` in
+/// `[max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in))` with
+/// `w_j = filter((j - center + 0.5) / fs)`, normalised to sum 1, then
+/// `k_j = int(w_j * 2^22 + 0.5)` (`- 0.5` for negative weights: rounding away from 0).
+fn filter_taps(n_in: usize, n_out: usize, filter: Interpolation) -> Vec<Taps> {
     let scale = n_in as f64 / n_out as f64;
     let filter_scale = scale.max(1.0);
-    let support = filter_scale; // the bilinear (triangle) filter has support 1
+    let support = filter.support() * filter_scale;
     let inv_scale = 1.0 / filter_scale;
     (0..n_out)
         .map(|i| {
@@ -64,17 +140,19 @@ fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<Taps> {
             let start = ((center - support + 0.5) as i64).max(0) as usize;
             let end = ((center + support + 0.5) as i64).min(n_in as i64) as usize;
             let w: Vec<f64> = (start..end)
-                .map(|j| {
-                    let x = ((j as f64 - center + 0.5) * inv_scale).abs();
-                    if x < 1.0 { 1.0 - x } else { 0.0 }
-                })
+                .map(|j| filter.weight((j as f64 - center + 0.5) * inv_scale))
                 .collect();
             let total: f64 = w.iter().sum();
             let weights = w
                 .iter()
                 .map(|&wj| {
                     let wj = if total != 0.0 { wj / total } else { wj };
-                    (0.5 + wj * f64::from(1u32 << PRECISION_BITS)) as i32
+                    let scaled = wj * f64::from(1u32 << PRECISION_BITS);
+                    if scaled < 0.0 {
+                        (scaled - 0.5) as i32
+                    } else {
+                        (0.5 + scaled) as i32
+                    }
                 })
                 .collect();
             Taps { start, weights }
@@ -96,9 +174,20 @@ fn apply_taps(taps: &Taps, sample: impl Fn(usize) -> u8) -> u8 {
 /// antialiased bilinear in 8-bit fixed point, the horizontal pass first (rounded to 8 bits),
 /// then the vertical pass; an axis whose size does not change is not resampled.
 pub fn resize_bilinear(image: &RgbImage, new_width: usize, new_height: usize) -> RgbImage {
+    resize(image, new_width, new_height, Interpolation::Bilinear)
+}
+
+/// Pillow `Image.resize((new_width, new_height), filter)` of an RGB image, as
+/// [`resize_bilinear`] with the taps of `filter`.
+pub fn resize(
+    image: &RgbImage,
+    new_width: usize,
+    new_height: usize,
+    filter: Interpolation,
+) -> RgbImage {
     let (w, h) = (image.width(), image.height());
     let horizontal = if new_width != w {
-        let taps = bilinear_taps(w, new_width);
+        let taps = filter_taps(w, new_width, filter);
         let src = image.pixels();
         let mut out = RgbImage::zeros(new_width, h);
         let dst = out.pixels_mut();
@@ -117,7 +206,7 @@ pub fn resize_bilinear(image: &RgbImage, new_width: usize, new_height: usize) ->
     if new_height == h {
         return horizontal;
     }
-    let taps = bilinear_taps(h, new_height);
+    let taps = filter_taps(h, new_height, filter);
     let src = horizontal.pixels();
     let mut out = RgbImage::zeros(new_width, new_height);
     let dst = out.pixels_mut();
@@ -178,6 +267,7 @@ pub fn center_crop(image: &RgbImage, size: usize) -> RgbImage {
 #[serde(try_from = "PreprocessSpec", into = "PreprocessSpec")]
 pub struct Preprocess {
     resize: Option<usize>,
+    interpolation: Interpolation,
     crop: usize,
     mean: [f32; 3],
     std: [f32; 3],
@@ -189,6 +279,8 @@ pub struct Preprocess {
 struct PreprocessSpec {
     #[serde(default)]
     resize: Option<usize>,
+    #[serde(default, skip_serializing_if = "Interpolation::is_bilinear")]
+    interpolation: Interpolation,
     crop: usize,
     mean: [f32; 3],
     std: [f32; 3],
@@ -197,7 +289,7 @@ struct PreprocessSpec {
 impl TryFrom<PreprocessSpec> for Preprocess {
     type Error = DataError;
     fn try_from(s: PreprocessSpec) -> Result<Self, DataError> {
-        Preprocess::new(s.resize, s.crop, s.mean, s.std)
+        Ok(Preprocess::new(s.resize, s.crop, s.mean, s.std)?.with_interpolation(s.interpolation))
     }
 }
 
@@ -205,6 +297,7 @@ impl From<Preprocess> for PreprocessSpec {
     fn from(p: Preprocess) -> Self {
         PreprocessSpec {
             resize: p.resize,
+            interpolation: p.interpolation,
             crop: p.crop,
             mean: p.mean,
             std: p.std,
@@ -259,15 +352,27 @@ impl Preprocess {
         }
         Ok(Self {
             resize,
+            interpolation: Interpolation::Bilinear,
             crop,
             mean,
             std,
         })
     }
 
+    /// The same transform resizing with `filter` (bilinear unless set).
+    pub fn with_interpolation(mut self, filter: Interpolation) -> Self {
+        self.interpolation = filter;
+        self
+    }
+
     /// Shorter-side resize target, if any.
     pub fn resize(&self) -> Option<usize> {
         self.resize
+    }
+
+    /// The resize filter.
+    pub fn interpolation(&self) -> Interpolation {
+        self.interpolation
     }
 
     /// Side of the square centre crop (= output height and width).
@@ -293,7 +398,7 @@ impl Preprocess {
     /// The 8-bit image after `Resize` and `CenterCrop` (before `ToTensor`): `crop x crop`, HWC.
     pub fn resize_and_crop(&self, image: RgbImage) -> RgbImage {
         let image = match self.resize {
-            Some(size) => resize_shorter_side(image, size),
+            Some(size) => resize_shorter_side_with(image, size, self.interpolation),
             None => image,
         };
         if image.width() == self.crop && image.height() == self.crop {
@@ -413,6 +518,33 @@ mod tests {
     }
 
     #[test]
+    fn bicubic_weights_follow_pillows_filter() {
+        let f = Interpolation::Bicubic;
+        assert_eq!(f.weight(0.0), 1.0);
+        assert_eq!(f.weight(1.0), 0.0);
+        assert_eq!(f.weight(2.0), 0.0);
+        assert_eq!(f.weight(-0.5), 0.5625); // 1.5 * 0.125 - 2.5 * 0.25 + 1
+        assert_eq!(f.weight(1.5), -0.0625); // -0.5 * (3.375 - 11.25 + 12 - 4)
+        // 2x downscale: support 4, the outer taps are negative and round away from zero.
+        let taps = filter_taps(16, 8, f);
+        assert_eq!(taps[3].weights.len(), 8);
+        assert!(taps[3].weights[0] < 0 && taps[3].weights[7] < 0);
+        let sum: i32 = taps[3].weights.iter().sum();
+        assert!((sum - (1 << 22)).abs() <= 8);
+        // An upscaled constant image stays constant; a step overshoots and is clamped.
+        let img = RgbImage::new(5, 1, vec![77; 15]).unwrap();
+        assert!(resize(&img, 13, 1, f).pixels().iter().all(|&v| v == 77));
+        let step = RgbImage::new(
+            4,
+            1,
+            [0u8, 0, 255, 255].iter().flat_map(|&v| [v, v, v]).collect(),
+        )
+        .unwrap();
+        let up = resize(&step, 16, 1, f);
+        assert!(up.pixels().contains(&0) && up.pixels().contains(&255));
+    }
+
+    #[test]
     fn resize_of_a_constant_image_is_constant() {
         let img = RgbImage::new(37, 23, vec![201; 37 * 23 * 3]).unwrap();
         let out = resize_bilinear(&img, 11, 64);
@@ -454,5 +586,16 @@ mod tests {
         assert!(Preprocess::new(Some(0), 32, [0.0; 3], [1.0; 3]).is_err());
         assert!(Preprocess::new(None, 0, [0.0; 3], [1.0; 3]).is_err());
         assert!(Preprocess::new(None, 8, [f32::NAN, 0.0, 0.0], [1.0; 3]).is_err());
+        let bicubic: Preprocess = serde_json::from_str(
+            r#"{"resize":256,"interpolation":"bicubic","crop":224,"mean":[0,0,0],"std":[1,1,1]}"#,
+        )
+        .unwrap();
+        assert_eq!(bicubic.interpolation(), Interpolation::Bicubic);
+        // The default is not written, so existing serialisations do not change.
+        assert!(
+            !serde_json::to_string(&ok)
+                .unwrap()
+                .contains("interpolation")
+        );
     }
 }

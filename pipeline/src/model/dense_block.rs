@@ -7,16 +7,13 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// BatchNorm as DenseNet3 uses it: eps 1e-5, momentum 0.1 (PyTorch defaults).
 pub(crate) fn batch_norm(channels: usize, device: &Device) -> BatchNorm {
-    BatchNormConfig::new(channels)
-        .with_epsilon(1e-5)
-        .with_momentum(0.1)
-        .init(device)
+    super::layers::batch_norm_eps(channels, 1e-5, device)
 }
 
 /// A bias-free `k x k` convolution with stride 1 and "same" padding.

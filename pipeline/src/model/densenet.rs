@@ -129,18 +129,7 @@ impl DenseNet {
 
     /// The linear head in PyTorch layout: weight `[C, m]` (row-major) and bias `[C]`.
     pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
-        let w = tensor_values(self.fc.weight.val());
-        let (m, classes) = (self.feature_dim(), self.num_classes());
-        let weight = (0..classes)
-            .flat_map(|c| (0..m).map(move |i| (c, i)))
-            .map(|(c, i)| w[i * classes + c])
-            .collect();
-        let bias = self
-            .fc
-            .bias
-            .as_ref()
-            .map_or_else(|| vec![0.0; classes], |b| tensor_values(b.val()));
-        (weight, bias)
+        super::layers::linear_weights(&self.fc)
     }
 
     /// Logits of `h`: `h W^T + b`.

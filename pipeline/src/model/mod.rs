@@ -1,12 +1,28 @@
-//! DenseNet-BC (the DICE / Unleashing-Mask CIFAR network) as a burn module.
+//! The backbones as burn modules, and their registry ([`Arch`], [`Backbone`]).
+//!
+//! - DenseNet-BC (the DICE / Unleashing-Mask CIFAR network) with its checked configuration
+//!   and [`CpuDenseNet`], a fused eval-mode CPU engine;
+//! - EfficientNet-Lite0 ([`EfficientNetLite`]);
+//! - torchvision ResNets and OpenOOD's CIFAR ResNet-18 ([`ResNet`]).
 
+mod arch;
 mod config;
 mod cpu;
 mod dense_block;
 mod densenet;
+mod efficientnet;
 pub mod kernels;
+mod layers;
+mod resnet;
 
+pub use arch::{Arch, Backbone};
 pub use config::{BlockPlan, DenseNetConfig, DenseNetPlan, TransitionPlan};
 pub use cpu::CpuDenseNet;
 pub use dense_block::{DenseBlock, DenseLayer, TransitionBlock};
 pub use densenet::{DenseNet, DenseNetActivations, global_average_pool, tensor_values};
+pub use efficientnet::{
+    EFFICIENTNET_BN_EPS, EfficientNetActivations, EfficientNetLite, LITE_HEAD_CHANNELS,
+    LITE_STEM_CHANNELS, LITE0_STAGES, MbConvBlock, MbStage,
+};
+pub use layers::{linear_weights, relu6};
+pub use resnet::{BlockKind, Downsample, ResBlock, ResNet, ResNetSpec};

@@ -1,0 +1,286 @@
+//! EfficientNet-Lite0 (the ImageNet-1k model of `efficientnet-lite-pytorch`, lukemelas
+//! `efficientnet_pytorch` key names) as a burn module.
+//!
+//! EfficientNet-B0's MBConv stages without squeeze-excitation, ReLU6 instead of swish,
+//! BatchNorm eps 1e-3 and TensorFlow "SAME" padding (asymmetric for stride 2, computed from
+//! the input size: 0 top/left, 1 bottom/right on a 224 x 224 input's stem). The feature is
+//! the global average pool of `relu6(_bn1(_conv_head(...)))` (1280-d), the logits
+//! `_fc(feature)`.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::densenet::global_average_pool;
+use super::layers::{Pad, batch_norm_eps, conv2d, linear_weights, relu6};
+
+/// BatchNorm epsilon of EfficientNet (`batch_norm_epsilon = 1e-3`).
+pub const EFFICIENTNET_BN_EPS: f64 = 1e-3;
+
+/// One MBConv stage of EfficientNet-B0 (`blocks_args`): `repeats` blocks, the first with
+/// `stride` and `in_channels -> out_channels`, the rest stride 1 and `out -> out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbStage {
+    /// Blocks in the stage.
+    pub repeats: usize,
+    /// Depthwise kernel size.
+    pub kernel: usize,
+    /// Stride of the first block.
+    pub stride: usize,
+    /// Expansion ratio of the inverted bottleneck (1: no expansion convolution).
+    pub expand: usize,
+    /// Input channels of the first block.
+    pub in_channels: usize,
+    /// Output channels of every block.
+    pub out_channels: usize,
+}
+
+/// EfficientNet-B0's (= Lite0's) seven stages:
+/// `r1_k3_s11_e1_i32_o16, r2_k3_s22_e6_i16_o24, r2_k5_s22_e6_i24_o40, r3_k3_s22_e6_i40_o80,
+/// r3_k5_s11_e6_i80_o112, r4_k5_s22_e6_i112_o192, r1_k3_s11_e6_i192_o320`.
+pub const LITE0_STAGES: [MbStage; 7] = [
+    stage(1, 3, 1, 1, 32, 16),
+    stage(2, 3, 2, 6, 16, 24),
+    stage(2, 5, 2, 6, 24, 40),
+    stage(3, 3, 2, 6, 40, 80),
+    stage(3, 5, 1, 6, 80, 112),
+    stage(4, 5, 2, 6, 112, 192),
+    stage(1, 3, 1, 6, 192, 320),
+];
+
+const fn stage(
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    in_channels: usize,
+    out_channels: usize,
+) -> MbStage {
+    MbStage {
+        repeats,
+        kernel,
+        stride,
+        expand,
+        in_channels,
+        out_channels,
+    }
+}
+
+/// Stem output channels of the Lite models (not scaled).
+pub const LITE_STEM_CHANNELS: usize = 32;
+/// Head (`_conv_head`) output channels of the Lite models: the feature dimension.
+pub const LITE_HEAD_CHANNELS: usize = 1280;
+
+/// One MBConv block without squeeze-excitation (lukemelas `MBConvBlock`):
+/// `x -> relu6(_bn0(_expand_conv(x)))` (when `expand > 1`)
+/// `-> relu6(_bn1(_depthwise_conv(.)))` `-> _bn2(_project_conv(.))`, plus `x` when the
+/// stride is 1 and the channel count does not change.
+#[derive(Module, Debug)]
+pub struct MbConvBlock {
+    /// 1x1 expansion convolution `in -> in * expand` (absent for `expand = 1`).
+    pub _expand_conv: Option<Conv2d>,
+    /// BatchNorm after the expansion.
+    pub _bn0: Option<BatchNorm>,
+    /// Depthwise `k x k` convolution (TF "SAME", the block's stride).
+    pub _depthwise_conv: Conv2d,
+    /// BatchNorm after the depthwise convolution.
+    pub _bn1: BatchNorm,
+    /// 1x1 projection `in * expand -> out` (linear: no activation).
+    pub _project_conv: Conv2d,
+    /// BatchNorm after the projection.
+    pub _bn2: BatchNorm,
+    /// Whether the input is added to the output (stride 1, `in == out`).
+    pub residual: bool,
+}
+
+impl MbConvBlock {
+    /// A block `cin -> cout` with depthwise kernel `k`, `stride` and expansion `expand`.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        expand: usize,
+        device: &Device,
+    ) -> Self {
+        let mid = cin * expand;
+        let bn = |c| batch_norm_eps(c, EFFICIENTNET_BN_EPS, device);
+        let (expand_conv, bn0) = if expand != 1 {
+            (
+                Some(conv2d(cin, mid, 1, 1, Pad::TfSame, 1, false, device)),
+                Some(bn(mid)),
+            )
+        } else {
+            (None, None)
+        };
+        Self {
+            _expand_conv: expand_conv,
+            _bn0: bn0,
+            _depthwise_conv: conv2d(mid, mid, k, stride, Pad::TfSame, mid, false, device),
+            _bn1: bn(mid),
+            _project_conv: conv2d(mid, cout, 1, 1, Pad::TfSame, 1, false, device),
+            _bn2: bn(cout),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    /// The block's output for `x` (eval mode: no drop-connect).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut out = x.clone();
+        if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
+            out = relu6(bn.forward(conv.forward(out)));
+        }
+        let out = relu6(self._bn1.forward(self._depthwise_conv.forward(out)));
+        let out = self._bn2.forward(self._project_conv.forward(out));
+        if self.residual { out + x } else { out }
+    }
+}
+
+/// EfficientNet-Lite0: stem `_conv_stem` (3x3 stride 2, 32 channels) + `_bn0` + ReLU6, the
+/// 16 MBConv `_blocks`, `_conv_head` (1x1 to 1280) + `_bn1` + ReLU6, global average pool,
+/// `_fc` (dropout 0.2 before it is inactive at eval and absent here).
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    /// Stem convolution.
+    pub _conv_stem: Conv2d,
+    /// Stem BatchNorm.
+    pub _bn0: BatchNorm,
+    /// The MBConv blocks, stage after stage.
+    pub _blocks: Vec<MbConvBlock>,
+    /// 1x1 head convolution.
+    pub _conv_head: Conv2d,
+    /// Head BatchNorm.
+    pub _bn1: BatchNorm,
+    /// Linear classifier `1280 -> C`.
+    pub _fc: Linear,
+}
+
+/// Every intermediate output of [`EfficientNetLite::forward_activations`].
+#[derive(Debug, Clone)]
+pub struct EfficientNetActivations {
+    /// `relu6(_bn0(_conv_stem(x)))`.
+    pub stem: Tensor<4>,
+    /// The output of every block, in order.
+    pub blocks: Vec<Tensor<4>>,
+    /// `relu6(_bn1(_conv_head(...)))` before pooling.
+    pub head: Tensor<4>,
+    /// Penultimate feature (spatial mean of `head`).
+    pub features: Tensor<2>,
+    /// `_fc(features)`.
+    pub logits: Tensor<2>,
+}
+
+impl EfficientNetLite {
+    /// A freshly initialised EfficientNet-Lite0 with a `num_classes`-way head (load a
+    /// checkpoint for real weights).
+    pub fn lite0(num_classes: usize, device: &Device) -> Self {
+        let bn = |c| batch_norm_eps(c, EFFICIENTNET_BN_EPS, device);
+        let mut blocks = Vec::new();
+        for s in LITE0_STAGES {
+            for r in 0..s.repeats {
+                let (cin, stride) = if r == 0 {
+                    (s.in_channels, s.stride)
+                } else {
+                    (s.out_channels, 1)
+                };
+                blocks.push(MbConvBlock::new(
+                    cin,
+                    s.out_channels,
+                    s.kernel,
+                    stride,
+                    s.expand,
+                    device,
+                ));
+            }
+        }
+        let last = LITE0_STAGES[LITE0_STAGES.len() - 1].out_channels;
+        Self {
+            _conv_stem: conv2d(3, LITE_STEM_CHANNELS, 3, 2, Pad::TfSame, 1, false, device),
+            _bn0: bn(LITE_STEM_CHANNELS),
+            _blocks: blocks,
+            _conv_head: conv2d(
+                last,
+                LITE_HEAD_CHANNELS,
+                1,
+                1,
+                Pad::TfSame,
+                1,
+                false,
+                device,
+            ),
+            _bn1: bn(LITE_HEAD_CHANNELS),
+            _fc: LinearConfig::new(LITE_HEAD_CHANNELS, num_classes).init(device),
+        }
+    }
+
+    /// Dimension of the feature (1280).
+    pub fn feature_dim(&self) -> usize {
+        self._fc.weight.dims()[0]
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self._fc.weight.dims()[1]
+    }
+
+    /// `relu6(_bn1(_conv_head(blocks(relu6(_bn0(_conv_stem(x)))))))`.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let out = relu6(self._bn0.forward(self._conv_stem.forward(x)));
+        let out = self._blocks.iter().fold(out, |x, b| b.forward(x));
+        relu6(self._bn1.forward(self._conv_head.forward(out)))
+    }
+
+    /// Feature `[N, 1280]` and logits `[N, C]` of a normalised NCHW batch.
+    pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let features = global_average_pool(self.feature_map(x));
+        let logits = self._fc.forward(features.clone());
+        (features, logits)
+    }
+
+    /// Like [`Self::forward`], keeping every stage's output (for parity tests).
+    pub fn forward_activations(&self, x: Tensor<4>) -> EfficientNetActivations {
+        let stem = relu6(self._bn0.forward(self._conv_stem.forward(x)));
+        let mut blocks = Vec::with_capacity(self._blocks.len());
+        let mut out = stem.clone();
+        for b in &self._blocks {
+            out = b.forward(out);
+            blocks.push(out.clone());
+        }
+        let head = relu6(self._bn1.forward(self._conv_head.forward(out)));
+        let features = global_average_pool(head.clone());
+        let logits = self._fc.forward(features.clone());
+        EfficientNetActivations {
+            stem,
+            blocks,
+            head,
+            features,
+            logits,
+        }
+    }
+
+    /// The head in PyTorch layout: weight `[C, 1280]` and bias `[C]`.
+    pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
+        linear_weights(&self._fc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lite0_has_16_blocks_and_the_papers_shapes() {
+        let device = Device::flex();
+        let net = EfficientNetLite::lite0(10, &device);
+        assert_eq!(net._blocks.len(), 16);
+        assert!(net._blocks[0]._expand_conv.is_none());
+        assert!(net._blocks[2].residual && !net._blocks[1].residual);
+        let x = Tensor::<4>::zeros([1, 3, 64, 64], &device);
+        let acts = net.forward_activations(x);
+        assert_eq!(acts.stem.dims(), [1, 32, 32, 32]);
+        assert_eq!(acts.blocks[3].dims(), [1, 40, 8, 8]);
+        assert_eq!(acts.head.dims(), [1, 1280, 2, 2]);
+        assert_eq!(acts.logits.dims(), [1, 10]);
+    }
+}

@@ -1,0 +1,164 @@
+//! Every ResNet of the architecture registry against torchvision on seeded formula weights
+//! (`scripts/backbone_parity_fixture.py` wrote PyTorch's features and logits to
+//! `tests/fixtures/backbones/`; this test builds the same weights bit for bit, writes them
+//! as a `.safetensors` state dict in the checkpoint's key names — wrapped like a
+//! DataParallel checkpoint for one of them — and loads it through `load_backbone`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use posthoc_pipeline::checkpoint::{arch_state_dict_layout, load_backbone};
+use posthoc_pipeline::model::Arch;
+use posthoc_pipeline::um::tensors::TensorFile;
+
+use common::*;
+
+const NUM_CLASSES: usize = 10;
+const BATCH: usize = 2;
+const TOL: f32 = 1e-4;
+
+/// `h = (h * 31 + byte) mod 2^32` over the key's bytes.
+fn key_seed(key: &str) -> u64 {
+    key.bytes()
+        .fold(0u64, |h, b| (h * 31 + u64::from(b)) % (1 << 32))
+}
+
+/// `u_i = ((i * 2654435761 + seed * 40503 + 12345) mod 2^32) / 2^32`.
+fn uniform(key: &str, n: usize) -> impl Iterator<Item = f64> {
+    let seed = key_seed(key);
+    (0..n as u64).map(move |i| {
+        ((i * 2_654_435_761 + seed * 40_503 + 12_345) % (1 << 32)) as f64 / (1u64 << 32) as f64
+    })
+}
+
+/// The script's `formula(key, shape)`.
+fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n = shape.iter().product();
+    let leaf = key.rsplit('.').next().unwrap();
+    let fan_in: usize = shape.iter().skip(1).product();
+    let scale = (3.0 / fan_in as f64).sqrt();
+    uniform(key, n)
+        .map(|u| {
+            (match leaf {
+                "running_mean" => (u - 0.5) * 0.25,
+                "running_var" => u + 0.5,
+                "weight" if shape.len() == 1 => u * 0.5 + 0.5,
+                "bias" => (u - 0.5) * 0.125,
+                _ => (u - 0.5) * 2.0 * scale,
+            }) as f32
+        })
+        .collect()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backbones")
+        .join(name)
+}
+
+/// Writes the formula state dict of `arch` (keys prefixed by `prefix`) to `dir`.
+fn write_checkpoint(arch: Arch, dir: &Path, prefix: &str) -> PathBuf {
+    let mut file = TensorFile::default();
+    for e in arch_state_dict_layout(arch, NUM_CLASSES).unwrap() {
+        let values = formula(&e.key, &e.shape);
+        file.tensors
+            .insert(format!("{prefix}{}", e.key), (e.shape, values));
+    }
+    let path = dir.join(format!("{arch}.safetensors"));
+    file.write(&path).unwrap();
+    path
+}
+
+fn check(name: &str, prefix: &str) {
+    let arch: Arch = name.parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(arch, dir.path(), prefix);
+    let device = Device::flex();
+    let loaded = load_backbone(arch, NUM_CLASSES, &ckpt, &device).unwrap();
+    let size = if name == "resnet18-cifar" { 32 } else { 64 };
+    let x: Vec<f32> = uniform("input", BATCH * 3 * size * size)
+        .map(|u| ((u - 0.5) * 4.0) as f32)
+        .collect();
+    let (features, logits) = loaded.model.forward(Tensor::<4>::from_data(
+        TensorData::new(x, [BATCH, 3, size, size]),
+        &device,
+    ));
+    let features = features.into_data().try_into_vec::<f32>().unwrap();
+    let logits = logits.into_data().try_into_vec::<f32>().unwrap();
+    let ef = read_f32(&fixture(&format!("{name}.features.npy")));
+    let el = read_f32(&fixture(&format!("{name}.logits.npy")));
+    assert_eq!(shape_of(&ef), vec![BATCH, loaded.model.feature_dim()]);
+    let fd = max_abs_diff(&features, ef.as_slice().unwrap());
+    let ld = max_abs_diff(&logits, el.as_slice().unwrap());
+    println!("{name}: features max abs diff {fd:.3e}, logits {ld:.3e}");
+    assert!(fd <= TOL && ld <= TOL, "{name}: features {fd}, logits {ld}");
+}
+
+#[test]
+fn resnet18_matches_torchvision() {
+    check("resnet18", "");
+}
+
+#[test]
+fn resnet34_matches_torchvision() {
+    check("resnet34", "");
+}
+
+/// Saved like `torch.save({'state_dict': DataParallel(model).state_dict()})`.
+#[test]
+fn resnet50_matches_torchvision_from_a_nested_data_parallel_state_dict() {
+    check("resnet50", "state_dict.module.");
+}
+
+#[test]
+fn resnet101_matches_torchvision() {
+    check("resnet101", "");
+}
+
+#[test]
+fn resnet152_matches_torchvision() {
+    check("resnet152", "");
+}
+
+#[test]
+fn wide_resnet50_2_matches_torchvision() {
+    check("wide_resnet50_2", "");
+}
+
+/// OpenOOD's `ResNet18_32x32` with its `shortcut` key names.
+#[test]
+fn resnet18_cifar_matches_pytorch() {
+    let layout = arch_state_dict_layout("resnet18-cifar".parse().unwrap(), 10).unwrap();
+    assert!(layout.iter().any(|e| e.key == "layer2.0.shortcut.0.weight"));
+    assert!(!layout.iter().any(|e| e.key.contains("downsample")));
+    check("resnet18-cifar", "model.");
+}
+
+/// A ResNet-50 state dict loaded as a ResNet-18 names the keys (the checkpoint's names).
+#[test]
+fn a_resnet50_checkpoint_under_resnet18_names_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint("resnet50".parse().unwrap(), dir.path(), "");
+    let err = load_backbone(
+        "resnet18".parse().unwrap(),
+        NUM_CLASSES,
+        &ckpt,
+        &Device::flex(),
+    )
+    .unwrap_err()
+    .to_string();
+    println!("{err}");
+    assert!(err.contains("does not fit resnet18 (10 classes)"), "{err}");
+    assert!(
+        err.contains("unexpected key(s): layer1.0.bn3.bias"),
+        "{err}"
+    );
+    assert!(err.contains("layer1.0.downsample.0.weight"), "{err}");
+    assert!(
+        err.contains("layer1.0.conv1.weight (model [64, 64, 3, 3], checkpoint [64, 64, 1, 1])"),
+        "{err}"
+    );
+    assert!(err.contains(&ckpt.display().to_string()), "{err}");
+}
