@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "pipeline")]
 use posthoc_pipeline::data::{DataError, Preprocess};
+#[cfg(feature = "pipeline")]
 use posthoc_pipeline::model::DenseNetConfig;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,7 @@ pub struct ModelSection {
 impl ModelSection {
     /// The network of this section with dropout probability `dropout`; an error (naming
     /// the config at `path`) unless `arch` is `densenet-bc`, the one implemented.
+    #[cfg(feature = "pipeline")]
     pub fn densenet(&self, path: &Path, dropout: f64) -> Result<DenseNetConfig, ConfigError> {
         if self.arch != "densenet-bc" {
             return Err(ConfigError::UnsupportedArch {
@@ -99,6 +102,7 @@ pub struct PreprocessSection {
     pub std: [f32; 3],
 }
 
+#[cfg(feature = "pipeline")]
 impl PreprocessSection {
     /// The checked transform this section describes.
     pub fn transform(&self) -> Result<Preprocess, DataError> {
