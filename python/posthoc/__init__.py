@@ -270,7 +270,7 @@ class CacheWriter:
         self._raw = _RawWriter(
             os.fspath(out), _array("head W", w, np.float32, 2), _array("head b", b, np.float32, 1),
             model_id, None if class_names is None else list(class_names),
-            json.dumps(preprocessing), checkpoint_sha256,
+            json.dumps({} if preprocessing is None else preprocessing), checkpoint_sha256,
         )
         self.manifest = None
 

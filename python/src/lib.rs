@@ -393,6 +393,12 @@ impl RawWriter {
                 "set `{set}` was added already (a set is added in consecutive batches, then closed when the next set starts)"
             )));
         }
+        if labels.is_none() && role != Role::Ood {
+            return Err(value_err(format!(
+                "set `{set}` ({}): labels are required",
+                role.as_str()
+            )));
+        }
         if self.open.as_ref().is_some_and(|(sw, _)| sw.set() != set) {
             self.close_open()?;
         }
@@ -404,6 +410,13 @@ impl RawWriter {
         }
         let features = features.as_array().to_owned();
         let n = features.nrows();
+        let m = self.head.feature_dim();
+        if features.ncols() != m {
+            return Err(value_err(format!(
+                "set `{set}` features: expected m = {m} columns (the head's), found {}",
+                features.ncols()
+            )));
+        }
         let logits = match logits {
             Some(z) => z.as_array().to_owned(),
             None => logits_from_head(&features, &self.head),
