@@ -52,10 +52,10 @@ def test_writer_equals_import_npy_byte_for_byte(fixture_dir, small_cache, tmp_pa
 
 def test_an_interrupted_write_resumes(fixture_dir, small_cache, tmp_path):
     out = tmp_path / "resumed"
-    w = write_fixture(fixture_dir, out, batch=4096, stop_after=12000)
+    w = write_fixture(fixture_dir, out, batch=1000, stop_after=2500)
     del w
     assert (out / ".partial").is_dir() and not (out / "manifest.json").exists()
-    write_fixture(fixture_dir, out, batch=4096)
+    write_fixture(fixture_dir, out, batch=700)
     assert_same_cache(out, small_cache)
 
 
