@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "pipeline")]
 use posthoc_pipeline::data::{DataError, ImageSetSpec, Interpolation, Preprocess};
+#[cfg(feature = "pipeline")]
 use posthoc_pipeline::model::{Arch, DenseNetConfig};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +69,7 @@ pub struct ModelSection {
 impl ModelSection {
     /// The architecture `arch` names; an error naming the config at `path` and listing the
     /// known architectures when it is none of them.
+    #[cfg(feature = "pipeline")]
     pub fn architecture(&self, path: &Path) -> Result<Arch, ConfigError> {
         self.arch
             .parse::<Arch>()
@@ -78,6 +81,7 @@ impl ModelSection {
 
     /// The network of this section with dropout probability `dropout`; an error (naming
     /// the config at `path`) unless `arch` is `densenet-bc` with its four hyperparameters.
+    #[cfg(feature = "pipeline")]
     pub fn densenet(&self, path: &Path, dropout: f64) -> Result<DenseNetConfig, ConfigError> {
         if self.architecture(path)? != Arch::DenseNetBc {
             return Err(ConfigError::NotDenseNet {
@@ -149,7 +153,12 @@ pub struct PreprocessSection {
     pub resize: u32,
     /// Resize filter, `"bilinear"` (default, torchvision's) or `"bicubic"` (both Pillow-exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg(feature = "pipeline")]
     pub interpolation: Option<Interpolation>,
+    /// `Resize` filter, as written (checked by builds with the `pipeline` feature).
+    #[cfg(not(feature = "pipeline"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolation: Option<String>,
     /// Centre-crop size.
     pub crop: u32,
     /// Per-channel mean (RGB).
@@ -158,6 +167,7 @@ pub struct PreprocessSection {
     pub std: [f32; 3],
 }
 
+#[cfg(feature = "pipeline")]
 impl PreprocessSection {
     /// The checked transform this section describes.
     pub fn transform(&self) -> Result<Preprocess, DataError> {
@@ -195,6 +205,7 @@ pub enum SetSource {
     },
 }
 
+#[cfg(feature = "pipeline")]
 impl SetSource {
     /// The pipeline's description of this set.
     pub fn spec(&self) -> ImageSetSpec {
@@ -374,6 +385,7 @@ impl ClipValue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `[model] arch` names a network that is not implemented.
+    #[cfg(feature = "pipeline")]
     #[error("{}: [model] arch = {arch:?} is not a known architecture (known: {})", path.display(), Arch::known_names())]
     UnsupportedArch {
         /// Config path.

@@ -23,11 +23,13 @@ struct Cli {
 enum Command {
     /// Score a cache with one or more methods and print FPR95 / AUROC / AUPR tables.
     Eval(Box<cmd::eval::EvalArgs>),
+    #[cfg(feature = "pipeline")]
     /// Run the config's backbone over its image sets and write the feature cache.
     Precompute(cmd::precompute::PrecomputeArgs),
     /// Inspect, verify, import or merge feature caches.
     #[command(subcommand)]
     Cache(cmd::cache::CacheCommand),
+    #[cfg(feature = "pipeline")]
     /// Unleashing-Mask fine-tuning (UM / UMAP) and its loss constraint.
     #[command(subcommand)]
     Um(cmd::um::UmCommand),
@@ -47,7 +49,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Eval(args) => cmd::eval::run(*args),
         Command::Cache(c) => cmd::cache::run(c),
+        #[cfg(feature = "pipeline")]
         Command::Precompute(args) => cmd::precompute::run(args),
+        #[cfg(feature = "pipeline")]
         Command::Um(c) => cmd::um::run(c),
     };
     match result {

@@ -132,8 +132,8 @@ fn find_sets(from: &Path) -> Result<Vec<SourceSet>> {
 }
 
 /// Logits `z = W h + b` for rows without cached logits: accumulated in f64, rounded
-/// once to f32.
-fn logits_from_head(features: &Array2<f32>, head: &Head) -> Array2<f32> {
+/// once to f32 (what `import-npy` stores when a set has no logits file).
+pub fn logits_from_head(features: &Array2<f32>, head: &Head) -> Array2<f32> {
     let w = head.weight.mapv(f64::from);
     let b = head.bias.mapv(f64::from);
     let h = features.mapv(f64::from);

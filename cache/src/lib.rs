@@ -50,7 +50,7 @@ mod writer;
 
 pub use data::{Head, SplitData, SplitFeatures};
 pub use error::{CacheError, Result};
-pub use import::{ImportOptions, import_npy};
+pub use import::{ImportOptions, import_npy, logits_from_head};
 pub use lock::{LOCK_FILE, LockOptions, LockOwner, WriteLock};
 pub use manifest::{
     FORMAT_VERSION, FileEntry, HEAD_FILE, MANIFEST_FILE, Manifest, ManifestInit, ModelInfo,
