@@ -178,7 +178,7 @@ python-test *ARGS:
     venv="${POSTHOC_PYTHON_VENV:-$(pwd)/.venv-python}"
     if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
     "$venv/bin/pip" install --quiet maturin==1.16.0 pytest==9.2.0 pandas==3.1.1 numpy==2.4.6 pyarrow==26.0.1
-    bin=$(cargo build -p posthoc --bin posthoc --message-format=json-render-diagnostics \
+    bin=$(cargo build --workspace --bin posthoc --message-format=json-render-diagnostics \
         | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
     (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
     # Any failure fails, and so does pytest's exit 5 (no tests collected).

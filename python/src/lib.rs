@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use posthoc::config::ExperimentConfig;
 use posthoc::eval::Convention;
-use posthoc::eval::sweep::SweepValues;
-use posthoc::evaluate::{RunError, check_config_fits, evaluate_cache, ood_sets, request_settings};
+use posthoc::eval::sweep::{Param, SweepValues};
+use posthoc::evaluate::{
+    EvalRequest, RunError, check_config_fits, check_groups, evaluate_cache, ood_sets,
+    request_settings,
+};
 use posthoc_cache::{
     CacheWriter, FeatureCache, Head, ManifestInit, ModelInfo, PARTIAL_DIR, ResumePoint, Role,
     SplitData, SplitWriter, ToolInfo, WriterOptions, logits_from_head,
@@ -51,27 +54,24 @@ fn value_err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-/// The sweep parameters the CLI's flags take, by their Python keyword.
-const PARAMS: [&str; 5] = ["p", "clip", "temperature", "p_a", "p_w"];
-
-/// Parses `name -> comma list` exactly as the CLI's flags (`--p 0,50,90`); an unknown
+/// Parses `name -> comma list` exactly as the CLI's flags (`--p 0,50,90`), for every
+/// parameter of the registry by its JSON key (`p`, `clip`, `k`, `dim`, ...); an unknown
 /// name is a `ValueError` listing the known ones.
 fn sweep_values(params: &HashMap<String, String>) -> PyResult<SweepValues> {
-    if let Some(bad) = params.keys().find(|k| !PARAMS.contains(&k.as_str())) {
-        return Err(PyValueError::new_err(format!(
-            "unknown parameter `{bad}` (known: {})",
-            PARAMS.join(", ")
-        )));
+    let mut values = SweepValues::default();
+    for (name, text) in params {
+        let param = Param::ALL
+            .into_iter()
+            .find(|p| p.key() == name)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "unknown parameter `{name}` (known: {})",
+                    Param::ALL.map(Param::key).join(", ")
+                ))
+            })?;
+        values.set(param, text).map_err(value_err)?;
     }
-    let get = |k: &str| params.get(k).map(String::as_str);
-    SweepValues::parse(
-        get("p"),
-        get("clip"),
-        get("temperature"),
-        get("p_a"),
-        get("p_w"),
-    )
-    .map_err(value_err)
+    Ok(values)
 }
 
 /// An open, finished cache (`posthoc.open`); reads are verified against the manifest's
@@ -240,8 +240,21 @@ fn evaluate<'py>(
         check_config_fits(path, cfg, cache).map_err(run_err)?;
     }
     let ood_names = ood_sets(ood, config.as_ref().map(|(_, c)| c), cache).map_err(run_err)?;
+    let groups = match &config {
+        Some((path, c)) => {
+            check_groups(path, &c.eval.groups, &ood_names).map_err(run_err)?;
+            c.eval.groups.clone()
+        }
+        None => Default::default(),
+    };
+    let request = EvalRequest {
+        ood_sets: ood_names.clone(),
+        convention,
+        groups,
+        selection: None,
+    };
     let evaluation = py
-        .detach(|| evaluate_cache(cache, &settings, &ood_names, convention))
+        .detach(|| evaluate_cache(cache, &settings, &request))
         .map_err(run_err)?;
     let rows = serde_json::to_string(&evaluation.rows).map_err(value_err)?;
     if !scores {
