@@ -183,3 +183,8 @@ python-test *ARGS:
     (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
     # Any failure fails, and so does pytest's exit 5 (no tests collected).
     POSTHOC_BIN="$bin" "$venv/bin/python" -m pytest python/tests -q {{ARGS}}
+
+# The Slurm template on a real local single-node cluster (root; `scripts/slurm-local.sh
+# install` first): the ignored test of tests/slurm_cluster.rs.
+test-slurm:
+    cargo nextest run -p posthoc --test slurm_cluster --run-ignored all --no-capture
