@@ -50,6 +50,8 @@ impl Rng {
     }
 }
 
+/// One named way of damaging a parsed manifest.
+type ManifestEdit = Box<dyn Fn(&mut serde_json::Value)>;
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -296,7 +298,7 @@ fn manifest_cases(base: &Path, work: &Path, count: &mut usize) {
     let original = manifest_value(base);
     let n_files = original["files"].as_array().unwrap().len();
     let huge = serde_json::json!(u64::MAX);
-    let mut edits: Vec<(String, Box<dyn Fn(&mut serde_json::Value)>)> = Vec::new();
+    let mut edits: Vec<(String, ManifestEdit)> = Vec::new();
     for i in 0..n_files {
         for (key, value) in [
             ("rows", huge.clone()),

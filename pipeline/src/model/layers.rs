@@ -28,6 +28,7 @@ pub(crate) enum Pad {
 
 /// A `k x k` convolution `cin -> cout` with `stride`, padding `pad`, `groups` groups
 /// (`groups = cin = cout`: depthwise) and an optional bias.
+#[allow(clippy::too_many_arguments)] // torch.nn.Conv2d's own argument list; a ConvSpec struct is the follow-up
 pub(crate) fn conv2d(
     cin: usize,
     cout: usize,
