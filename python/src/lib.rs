@@ -35,6 +35,16 @@ create_exception!(
     "A cache directory or file is missing, unfinished, corrupt or does not match its manifest."
 );
 
+/// `(features n x m, labels n, index n)` of one split as NumPy arrays.
+type FeatureArrays<'py> = (
+    Bound<'py, PyArray2<f32>>,
+    Bound<'py, PyArray1<i32>>,
+    Bound<'py, PyArray1<u64>>,
+);
+
+/// `(W: C x m, b: C)` of the linear head as NumPy arrays.
+type HeadArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<f32>>);
+
 /// `posthoc.CacheError` carrying `e`'s message.
 fn cache_err(e: posthoc_cache::CacheError) -> PyErr {
     CacheError::new_err(e.to_string())
@@ -112,11 +122,7 @@ impl RawCache {
         &self,
         py: Python<'py>,
         set: &str,
-    ) -> PyResult<(
-        Bound<'py, PyArray2<f32>>,
-        Bound<'py, PyArray1<i32>>,
-        Bound<'py, PyArray1<u64>>,
-    )> {
+    ) -> PyResult<FeatureArrays<'py>> {
         let s = py
             .detach(|| self.inner.split_features(set))
             .map_err(cache_err)?;
@@ -143,7 +149,7 @@ impl RawCache {
     fn head<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<f32>>)> {
+    ) -> PyResult<HeadArrays<'py>> {
         let h = py.detach(|| self.inner.head()).map_err(cache_err)?;
         Ok((h.weight.into_pyarray(py), h.bias.into_pyarray(py)))
     }
