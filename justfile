@@ -185,6 +185,6 @@ python-test *ARGS:
     POSTHOC_BIN="$bin" "$venv/bin/python" -m pytest python/tests -q {{ARGS}}
 
 # The Slurm template on a real local single-node cluster (root; `scripts/slurm-local.sh
-# install` first): the ignored test of tests/slurm_cluster.rs.
+# install` first), alone and with its output (`just test` runs it too).
 test-slurm:
-    cargo nextest run -p posthoc --test slurm_cluster --run-ignored all --no-capture
+    cargo nextest run --workspace -E 'binary(slurm_cluster)' --no-capture

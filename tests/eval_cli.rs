@@ -6,60 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use common::posthoc_small;
+use common::{fails, import_small as import, ok, posthoc_small};
 
-const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
 const TOL: f64 = 1e-9;
-
-fn posthoc(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("POSTHOC_LOG", "warn")
-        .output()
-        .expect("run posthoc")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = posthoc(args);
-    assert!(
-        out.status.success(),
-        "posthoc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The stderr of a run that must fail.
-fn fails(args: &[&str]) -> String {
-    let out = posthoc(args);
-    assert!(
-        !out.status.success(),
-        "posthoc {args:?} succeeded but should fail"
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// Imports the fixture into `dir/cache`.
-fn import(fixture: &Path, dir: &Path) -> PathBuf {
-    let cache = dir.join("cache");
-    ok(&[
-        "cache",
-        "import-npy",
-        "--from",
-        fixture.to_str().unwrap(),
-        "--out",
-        cache.to_str().unwrap(),
-        "--model-id",
-        "densenet-bc-100-cifar10-dice",
-        "--class-names",
-        "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck",
-    ]);
-    cache
-}
 
 fn config() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis};
-use ndarray_npy::read_npy;
 use posthoc::eval::scores::{self, Scored};
 use posthoc::eval::{
     Clip, ClipValue, Convention, DiceMask, Head64, HimplosMask, LineMasks, LinePercentile, Metrics,
@@ -17,31 +16,9 @@ use posthoc::eval::{
 };
 use serde_json::Value;
 
-use common::posthoc_small;
+use common::{Npy as Fixture, posthoc_small};
 
 const OOD_SETS: [&str; 3] = ["isun", "tinyimagenet", "mnist"];
-
-struct Fixture {
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn npy<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
-        &self,
-        name: &str,
-    ) -> ndarray::Array<T, D> {
-        read_npy(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    fn json(&self, name: &str) -> Value {
-        let text = std::fs::read_to_string(self.dir.join(name)).expect(name);
-        serde_json::from_str(&text).expect(name)
-    }
-
-    fn mask2(&self, name: &str) -> Array2<bool> {
-        self.npy::<u8, _>(name).mapv(|v| v != 0)
-    }
-}
 
 fn assert_rel(what: &str, got: f64, want: f64, tol: f64) {
     let rel = (got - want).abs() / want.abs().max(f64::MIN_POSITIVE);

@@ -10,30 +10,16 @@ mod common;
 use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, ArrayView2};
-use ndarray_npy::read_npy;
 use posthoc::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate};
 use posthoc::eval::methods::TrainSet;
 use posthoc::eval::sweep::{MethodName, Param, SweepSpec, SweepValues};
 use posthoc::eval::{Convention, EvalError, Head64, percentile};
 use serde_json::Value;
 
-use common::posthoc_small;
+use common::{Npy as Fixture, posthoc_small};
 
 const SETS: [&str; 4] = ["id_test", "ood_isun", "ood_tinyimagenet", "ood_mnist"];
 const OOD: [&str; 3] = ["isun", "tinyimagenet", "mnist"];
-
-struct Fixture {
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn npy<T: ndarray_npy::ReadableElement, D: ndarray::Dimension>(
-        &self,
-        name: &str,
-    ) -> ndarray::Array<T, D> {
-        read_npy(self.dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-}
 
 /// The fixture as the engine's inputs (owned parts).
 struct Data {

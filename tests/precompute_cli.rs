@@ -4,6 +4,8 @@
 //! one, and bad inputs (missing folder, corrupt image, another model's checkpoint) give
 //! errors that name them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use ndarray::{Array2, s};
 use ndarray_npy::read_npy;
 use posthoc_cache::FeatureCache;
 
-const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
+use common::{BIN, CIFAR10_CHECKPOINT, densenet_cifar_config};
 
 fn shared() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -54,25 +56,10 @@ fn write_config(
             path.to_str().unwrap()
         ));
     }
-    let text = format!(
-        r#"[model]
-id = "densenet-bc-100-cifar10-dice"
-arch = "densenet-bc"
-depth = 100
-growth_rate = 12
-reduction = 0.5
-bottleneck = true
-num_classes = 10
-class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-checkpoint = {:?}
-
-[preprocess]
-resize = 32
-crop = 32
-mean = [0.4914, 0.4822, 0.4465]
-std = [0.2023, 0.1994, 0.2010]
-
-[data]
+    let text = densenet_cifar_config(
+        &data.join(checkpoint),
+        &format!(
+            r#"[data]
 id_train = {{ tar = [{}] }}
 id_test = {{ folder = {:?} }}
 
@@ -82,16 +69,16 @@ id_test = {{ folder = {:?} }}
 batch_size = 16
 out = "unused"
 "#,
-        d(checkpoint),
-        shards.join(", "),
-        d("cifar10/test"),
+            shards.join(", "),
+            d("cifar10/test"),
+        ),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-const CIFAR10: &str = "checkpoints/dice-densenet100/cifar10/checkpoint_100.pth.tar";
+const CIFAR10: &str = CIFAR10_CHECKPOINT;
 
 fn precompute(config: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(BIN)

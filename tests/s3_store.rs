@@ -17,29 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::posthoc_small;
+use common::{BIN, import_npy, moto_python, posthoc_small, repo};
 
-const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
 const BUCKET: &str = "posthoc-test";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn moto_python() -> Option<PathBuf> {
-    let python = std::env::var_os("POSTHOC_MOTO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../posthoc-venv-moto/bin/python"));
-    if python.exists() {
-        Some(python)
-    } else {
-        println!(
-            "skipping: no moto venv at {} (.ci/run creates it; or set POSTHOC_MOTO_PYTHON)",
-            python.display()
-        );
-        None
-    }
-}
 
 /// A running moto S3 server with one bucket and a signing key; stopped on drop.
 struct S3 {
@@ -160,35 +140,13 @@ impl Drop for S3 {
     }
 }
 
-/// Imports the fixture into `dir/<name>` as model `model_id` (with `extra` arguments).
-fn import(fixture: &Path, dir: &Path, name: &str, model_id: &str, extra: &[&str]) -> PathBuf {
-    let cache = dir.join(name);
-    let out = Command::new(BIN)
-        .args(["cache", "import-npy", "--from"])
-        .arg(fixture)
-        .arg("--out")
-        .arg(&cache)
-        .args(["--model-id", model_id])
-        .args(extra)
-        .env("POSTHOC_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cache
-}
-
 fn setup() -> Option<(S3, tempfile::TempDir, PathBuf)> {
     let fixture = posthoc_small()?;
     let s3 = S3::start()?;
     let dir = tempfile::tempdir().unwrap();
-    let cache = import(
+    let cache = import_npy(
         &fixture,
-        dir.path(),
-        "local",
+        dir.path().join("local"),
         "densenet-bc-100-cifar10-dice",
         &[],
     );
@@ -340,10 +298,9 @@ fn a_copy_killed_midway_leaves_nothing_a_reader_accepts_and_a_rerun_completes() 
     // copy killed midway leaves no manifest rather than a mixture.
     // Another cache: other class names, so its head file differs too.
     let names = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck";
-    let other = import(
+    let other = import_npy(
         &fixture,
-        dir.path(),
-        "other",
+        dir.path().join("other"),
         "another-model",
         &["--class-names", names],
     );

@@ -5,55 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use common::posthoc_small;
-
-const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
-
-fn posthoc(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("POSTHOC_LOG", "warn")
-        .output()
-        .expect("run posthoc")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = posthoc(args);
-    assert!(
-        out.status.success(),
-        "posthoc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = posthoc(args);
-    assert!(
-        !out.status.success(),
-        "posthoc {args:?} succeeded but should fail"
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn import(fixture: &Path, dir: &Path) -> PathBuf {
-    let cache = dir.join("cache");
-    ok(&[
-        "cache",
-        "import-npy",
-        "--from",
-        fixture.to_str().unwrap(),
-        "--out",
-        cache.to_str().unwrap(),
-        "--model-id",
-        "densenet-bc-100-cifar10-dice",
-    ]);
-    cache
-}
+use common::{fails, import_small as import, ok, posthoc_small};
 
 #[test]
 fn a_zoo_sweep_runs_in_one_process_and_reports_its_parameters() {

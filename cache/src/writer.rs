@@ -51,15 +51,28 @@ const KEY_SKIPPED: &str = "posthoc.skipped";
 /// Writer settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriterOptions {
-    /// Rows per row group of split files, and rows per durable commit.
+    /// Rows per row group of the finished split files (the layout readers see).
     pub row_group_rows: usize,
+    /// Rows per durable commit (a part file) while a split is written: what a killed run
+    /// keeps. `None`: `row_group_rows`. The finished files do not depend on it, so a run
+    /// that commits often, a sharded run and its merge give the same bytes.
+    #[serde(default)]
+    pub commit_rows: Option<usize>,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             row_group_rows: schema::DEFAULT_ROW_GROUP_ROWS,
+            commit_rows: None,
         }
+    }
+}
+
+impl WriterOptions {
+    /// Rows per durable commit.
+    pub fn commit_rows(&self) -> usize {
+        self.commit_rows.unwrap_or(self.row_group_rows)
     }
 }
 
@@ -241,11 +254,16 @@ impl CacheWriter {
     ) -> Result<CacheWriter> {
         let dir = dir.as_ref().to_path_buf();
         init.model.validate(&dir.display().to_string())?;
-        if options.row_group_rows == 0 {
-            return Err(CacheError::InvalidInput {
-                context: "WriterOptions::row_group_rows".into(),
-                reason: "must be > 0".into(),
-            });
+        for (field, rows) in [
+            ("row_group_rows", options.row_group_rows),
+            ("commit_rows", options.commit_rows()),
+        ] {
+            if rows == 0 {
+                return Err(CacheError::InvalidInput {
+                    context: format!("WriterOptions::{field}"),
+                    reason: "must be > 0".into(),
+                });
+            }
         }
         if let Ok(mut entries) = std::fs::read_dir(&dir)
             && entries.any(|e| e.is_ok_and(|e| e.file_name() != crate::lock::LOCK_FILE))
@@ -437,7 +455,7 @@ impl CacheWriter {
             role,
             m,
             c,
-            row_group_rows: self.state.options.row_group_rows,
+            commit_rows: self.state.options.commit_rows(),
             set_dir,
             final_path,
             next_part: scan.next_part,
@@ -829,14 +847,14 @@ impl ResumePoint {
     }
 }
 
-/// Appends rows of one set; every `row_group_rows` rows become a durable part.
+/// Appends rows of one set; every `commit_rows` rows become a durable part.
 #[derive(Debug)]
 pub struct SplitWriter {
     set: String,
     role: Role,
     m: usize,
     c: usize,
-    row_group_rows: usize,
+    commit_rows: usize,
     set_dir: PathBuf,
     final_path: PathBuf,
     next_part: u64,
@@ -902,8 +920,8 @@ impl SplitWriter {
         self.claim(batch.index.iter().copied())?;
         self.reopen_if_closed()?;
         self.pending.push_split(batch);
-        while self.pending.len() >= self.row_group_rows {
-            self.commit(self.row_group_rows)?;
+        while self.pending.len() >= self.commit_rows {
+            self.commit(self.commit_rows)?;
         }
         Ok(())
     }
@@ -938,7 +956,7 @@ impl SplitWriter {
         write_parquet_atomic(
             &path,
             schema::split_schema(self.m, self.c),
-            schema::writer_properties_at(schema::PART_ZSTD_LEVEL, self.row_group_rows, kv),
+            schema::writer_properties_at(schema::PART_ZSTD_LEVEL, self.commit_rows, kv),
             [batch],
         )?;
         self.next_part += 1;

@@ -247,7 +247,10 @@ fn nan_is_refused_by_the_writer_and_the_reader() {
     let mut w = CacheWriter::create_with(
         &dir,
         init(M, C),
-        posthoc_cache::WriterOptions { row_group_rows: 8 },
+        posthoc_cache::WriterOptions {
+            row_group_rows: 8,
+            ..Default::default()
+        },
     )
     .unwrap();
     w.write_head(&head(M, C)).unwrap();

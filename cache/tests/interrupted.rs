@@ -25,6 +25,7 @@ fn produce(dir: &Path, resume: bool, slow: bool) -> posthoc_cache::Manifest {
             init(M, C),
             WriterOptions {
                 row_group_rows: GROUP,
+                ..Default::default()
             },
         )
         .unwrap()

@@ -25,7 +25,15 @@ fn shard(dir: &Path, i: u64, n: u64, tweak: impl Fn(&mut ManifestInit)) -> PathB
         "host": format!("node-{i}"),
     });
     tweak(&mut state);
-    let mut w = CacheWriter::create_with(dir, state, WriterOptions { row_group_rows: 16 }).unwrap();
+    let mut w = CacheWriter::create_with(
+        dir,
+        state,
+        WriterOptions {
+            row_group_rows: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     w.write_head(&head(M, C)).unwrap();
     for (set, role, seed, rows_n) in SETS {
         let mut sw = w.split_writer(set, role).unwrap();

@@ -145,7 +145,10 @@ fn rows_appended_out_of_order_are_sorted_and_duplicates_refused() {
     let mut w = posthoc_cache::CacheWriter::create_with(
         &dir,
         init(M, C),
-        posthoc_cache::WriterOptions { row_group_rows: 10 },
+        posthoc_cache::WriterOptions {
+            row_group_rows: 10,
+            ..Default::default()
+        },
     )
     .unwrap();
     w.write_head(&head(M, C)).unwrap();
@@ -175,6 +178,21 @@ fn rows_appended_out_of_order_are_sorted_and_duplicates_refused() {
         cache.stats(),
         Err(CacheError::MissingStats { .. })
     ));
+}
+
+#[test]
+fn how_often_a_writer_commits_does_not_change_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let once = write_cache(&tmp.path().join("once"), 64, |_| true);
+    let often = write_cache_with(
+        &tmp.path().join("often"),
+        posthoc_cache::WriterOptions {
+            row_group_rows: 64,
+            commit_rows: Some(5),
+        },
+        |_| true,
+    );
+    assert_eq!(once.files, often.files);
 }
 
 #[test]

@@ -121,7 +121,8 @@ fn open_writer(
         .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != posthoc_cache::LOCK_FILE)));
     if !has_entries {
         let options = WriterOptions {
-            row_group_rows: spec.commit_rows,
+            commit_rows: Some(spec.commit_rows),
+            ..WriterOptions::default()
         };
         return Ok(Some(CacheWriter::create_with(out, init, options)?));
     }

@@ -118,11 +118,7 @@ impl RawCache {
 
     /// `(features n x m f32, labels n i32, index n u64)` of `set`: read into Rust arrays
     /// (one copy out of the Arrow buffers), then handed to NumPy without a copy.
-    fn features<'py>(
-        &self,
-        py: Python<'py>,
-        set: &str,
-    ) -> PyResult<FeatureArrays<'py>> {
+    fn features<'py>(&self, py: Python<'py>, set: &str) -> PyResult<FeatureArrays<'py>> {
         let s = py
             .detach(|| self.inner.split_features(set))
             .map_err(cache_err)?;
@@ -146,10 +142,7 @@ impl RawCache {
     }
 
     /// The linear head `(W: C x m f32, b: C f32)`.
-    fn head<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<HeadArrays<'py>> {
+    fn head<'py>(&self, py: Python<'py>) -> PyResult<HeadArrays<'py>> {
         let h = py.detach(|| self.inner.head()).map_err(cache_err)?;
         Ok((h.weight.into_pyarray(py), h.bias.into_pyarray(py)))
     }

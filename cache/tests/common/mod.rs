@@ -89,8 +89,20 @@ pub const C: usize = 4;
 /// Writes the standard synthetic cache to `dir` with `row_group_rows`, appending in
 /// batches of 37 rows; only rows whose index satisfies `keep` are written (shards).
 pub fn write_cache(dir: &Path, row_group_rows: usize, keep: impl Fn(u64) -> bool) -> Manifest {
-    let mut w =
-        CacheWriter::create_with(dir, init(M, C), WriterOptions { row_group_rows }).unwrap();
+    let options = WriterOptions {
+        row_group_rows,
+        ..Default::default()
+    };
+    write_cache_with(dir, options, keep)
+}
+
+/// [`write_cache`] with explicit writer options.
+pub fn write_cache_with(
+    dir: &Path,
+    options: WriterOptions,
+    keep: impl Fn(u64) -> bool,
+) -> Manifest {
+    let mut w = CacheWriter::create_with(dir, init(M, C), options).unwrap();
     w.write_head(&head(M, C)).unwrap();
     for (set, role, seed, n) in SETS {
         let mut sw = w.split_writer(set, role).unwrap();

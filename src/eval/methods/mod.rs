@@ -31,6 +31,7 @@ use super::shaping::Shaping;
 use super::sweep::{Param, Params};
 
 mod ash;
+mod bank;
 mod dice;
 mod dice_react;
 mod energy;
