@@ -42,10 +42,19 @@ def peer_config(path, cache):
         f.write("\n".join(lines))
 
 
+# pytorch-ood's float32 ViM and RMD do not resolve these columns on the fixture: their own
+# metrics move with the order of the training rows (bench/zoo_float32_spread.py, run below);
+# the differences are printed per method, not held to 1e-6.
+FLOAT32_UNRESOLVED = ("vim", "rmd")
+
+
 def compare(ours_path, peers_path):
+    """(rows matched, rows, max |metric difference| outside FLOAT32_UNRESOLVED, and per
+    method of FLOAT32_UNRESOLVED its max |difference|)."""
     ours = json.load(open(ours_path))
     peers = json.load(open(peers_path))
     worst = 0.0
+    unresolved = {}
     matched = 0
     for p in peers:
         key = {"gen": {"m": "top_m"}, "vim": {"d": "dim"}}.get(p["method"], {})
@@ -53,11 +62,15 @@ def compare(ours_path, peers_path):
         for o in ours:
             got = {k: float(v) for k, v in o["params"].items() if k in want}
             if o["method"] == p["method"] and o["ood_set"] == p["ood_set"] and got == want:
-                for m in ("fpr95", "auroc", "aupr_in", "aupr_out"):
-                    worst = max(worst, abs(o[m] - p[m]))
+                diff = max(abs(o[m] - p[m]) for m in ("fpr95", "auroc", "aupr_in", "aupr_out"))
+                if p["method"] in FLOAT32_UNRESOLVED:
+                    key = f"{p['method']} {json.dumps(p['params'])}"
+                    unresolved[key] = max(unresolved.get(key, 0.0), diff)
+                else:
+                    worst = max(worst, diff)
                 matched += 1
                 break
-    return matched, len(peers), worst
+    return matched, len(peers), worst, unresolved
 
 
 def best(runs):
@@ -101,13 +114,18 @@ def main():
                     r = run_child([args.python, os.path.join(ROOT, "bench", "zoo_pytorch_ood.py"), "--fixture", FIXTURE,
                                    "--out", peers_json], os.path.join(work, "torch.out"), os.path.join(work, "torch.err"))
                     (theirs if r[0] == 0 else sys.exit(f"pytorch-ood failed: {open(os.path.join(work, 'torch.err')).read()}")).append(r)
-        matched, total, worst = compare(ours_json, peers_json)
+        matched, total, worst, unresolved = compare(ours_json, peers_json)
         o, t = best(ours), best(theirs)
         print(f"peers: 22 settings x 3 OOD sets, best of {args.reps}")
         print(f"  posthoc eval      {o[1]:7.3f} s  peak RSS {mib(o[2])}")
         print(f"  pytorch-ood 0.4.0 {t[1]:7.3f} s  peak RSS {mib(t[2])}")
         print(f"  ratio (pytorch-ood / posthoc, whole process): {t[1] / o[1]:.1f}x")
-        print(f"  metrics: {matched}/{total} rows matched, max |difference| {worst:.2e}")
+        print(f"  metrics: {matched}/{total} rows matched, max |difference| {worst:.2e} "
+              f"(all but {', '.join(FLOAT32_UNRESOLVED)})")
+        for key, diff in sorted(unresolved.items()):
+            print(f"  {key}: max |difference| {diff:.2e} (pytorch-ood float32; see the spread below)")
+        subprocess.run([args.python, os.path.join(ROOT, "bench", "zoo_float32_spread.py"), "--fixture", FIXTURE],
+                       check=True)
         if matched != total or worst > 1e-6:
             print("  METRICS DIFFER", file=sys.stderr)
             return 1
