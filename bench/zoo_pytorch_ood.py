@@ -24,16 +24,21 @@ SETS = ["id_test", "ood_isun", "ood_tinyimagenet", "ood_mnist"]
 
 
 def fpr95(id_scores, ood_scores):
-    # get_measures: ID positive, threshold at 95% TPR, fraction of OOD above it.
+    """`fpr_and_fdr_at_recall` of the DICE/ReAct code (`get_measures`), step for step: ID
+    positive, descending stable order, the curve reversed from the last full-recall point,
+    then the point nearest 95 % recall (its tie rule depends on that reversal)."""
     y = np.r_[np.ones(len(id_scores)), np.zeros(len(ood_scores))]
     s = np.r_[id_scores, ood_scores]
-    order = np.argsort(-s, kind="mergesort")
+    order = np.argsort(s, kind="mergesort")[::-1]
     s, y = s[order], y[order]
     distinct = np.where(np.diff(s))[0]
     thr = np.r_[distinct, y.size - 1]
     tps = np.cumsum(y)[thr]
     fps = 1 + thr - tps
     recall = tps / tps[-1]
+    last = tps.searchsorted(tps[-1])
+    sl = slice(last, None, -1)
+    recall, fps = np.r_[recall[sl], 1], np.r_[fps[sl], 0]
     cutoff = np.argmin(np.abs(recall - 0.95))
     return fps[cutoff] / np.sum(1 - y)
 
