@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis};
 use posthoc::eval::scores::{self, Scored};

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use ndarray::{Array1, Array2, ArrayView2};
 use posthoc::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate};
 use posthoc::eval::methods::TrainSet;

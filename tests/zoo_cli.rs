@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
 
 use common::{fails, import_small as import, ok, posthoc_small};
