@@ -453,9 +453,10 @@ pub fn load_backbone(
             .map_err(|e| parse(e.to_string()))?
     };
     let prefix = wrapper_prefix(keys.iter().map(String::as_str));
+    let renames = arch.key_renames();
     let names = KeyNames {
         prefix: &prefix,
-        renames: arch.key_renames(),
+        renames: &renames,
     };
     let (model, info) = match model {
         Backbone::DenseNet(m) => {
@@ -465,6 +466,10 @@ pub fn load_backbone(
         Backbone::EfficientNetLite(m) => {
             let (m, info) = load_renamed(*m, &name, path, &names)?;
             (Backbone::EfficientNetLite(Box::new(m)), info)
+        }
+        Backbone::MobileNetV2(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::MobileNetV2(Box::new(m)), info)
         }
         Backbone::ResNet(m) => {
             let (m, info) = load_renamed(*m, &name, path, &names)?;
@@ -480,13 +485,16 @@ pub fn arch_state_dict_layout(
     arch: Arch,
     num_classes: usize,
 ) -> Result<Vec<StateDictEntry>, PipelineError> {
+    let renames = arch.key_renames();
     let names = KeyNames {
         prefix: "",
-        renames: arch.key_renames(),
+        renames: &renames,
     };
     let layout = match arch.init(num_classes, &Device::flex())? {
         Backbone::DenseNet(m) => module_state_dict_layout(m.as_ref()),
-        Backbone::EfficientNetLite(m) => module_state_dict_layout(m.as_ref()),
+        Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => {
+            module_state_dict_layout(m.as_ref())
+        }
         Backbone::ResNet(m) => module_state_dict_layout(m.as_ref()),
     };
     Ok(layout
@@ -502,7 +510,7 @@ pub fn arch_state_dict_layout(
 /// `(file fragment, module fragment)` renames.
 struct KeyNames<'a> {
     prefix: &'a str,
-    renames: &'static [(&'static str, &'static str)],
+    renames: &'a [(String, String)],
 }
 
 impl KeyNames<'_> {
@@ -514,7 +522,7 @@ impl KeyNames<'_> {
             pairs.push((format!("^{}", escape(self.prefix)), String::new()));
         }
         for (file, module) in self.renames {
-            pairs.push((escape(file), (*module).to_owned()));
+            pairs.push((escape(file), module.clone()));
         }
         pairs
     }

@@ -1,4 +1,5 @@
-//! Every ResNet of the architecture registry against torchvision on seeded formula weights
+//! Every ResNet and MobileNet-v2 of the architecture registry against torchvision on seeded
+//! formula weights
 //! (`scripts/backbone_parity_fixture.py` wrote PyTorch's features and logits to
 //! `tests/fixtures/backbones/`; this test builds the same weights bit for bit, writes them
 //! as a `.safetensors` state dict in the checkpoint's key names — wrapped like a
@@ -25,20 +26,31 @@ fn key_seed(key: &str) -> u64 {
         .fold(0u64, |h, b| (h * 31 + u64::from(b)) % (1 << 32))
 }
 
-/// `u_i = ((i * 2654435761 + seed * 40503 + 12345) mod 2^32) / 2^32`.
+/// `u_i = mix((i * 2654435761 + seed * 40503 + 12345) mod 2^32) / 2^32` with
+/// `mix(h)`: `h ^= h >> 15; h = h * 2246822519 mod 2^32; h ^= h >> 13`.
 fn uniform(key: &str, n: usize) -> impl Iterator<Item = f64> {
     let seed = key_seed(key);
+    let m32 = (1u64 << 32) - 1;
     (0..n as u64).map(move |i| {
-        ((i * 2_654_435_761 + seed * 40_503 + 12_345) % (1 << 32)) as f64 / (1u64 << 32) as f64
+        let mut h = (i * 2_654_435_761 + seed * 40_503 + 12_345) & m32;
+        h ^= h >> 15;
+        h = (h * 2_246_822_519) & m32;
+        h ^= h >> 13;
+        h as f64 / (1u64 << 32) as f64
     })
 }
 
-/// The script's `formula(key, shape)`.
-fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
+/// The script's weight gain per architecture (`GAIN`).
+fn gain(arch: Arch) -> f64 {
+    if arch == Arch::MobileNetV2 { 2.0 } else { 1.0 }
+}
+
+/// The script's `formula(key, shape, gain)`.
+fn formula(key: &str, shape: &[usize], gain: f64) -> Vec<f32> {
     let n = shape.iter().product();
     let leaf = key.rsplit('.').next().unwrap();
     let fan_in: usize = shape.iter().skip(1).product();
-    let scale = (3.0 / fan_in as f64).sqrt();
+    let scale = (3.0 * gain / fan_in as f64).sqrt();
     uniform(key, n)
         .map(|u| {
             (match leaf {
@@ -62,7 +74,7 @@ fn fixture(name: &str) -> PathBuf {
 fn write_checkpoint(arch: Arch, dir: &Path, prefix: &str) -> PathBuf {
     let mut file = TensorFile::default();
     for e in arch_state_dict_layout(arch, NUM_CLASSES).unwrap() {
-        let values = formula(&e.key, &e.shape);
+        let values = formula(&e.key, &e.shape, gain(arch));
         file.tensors
             .insert(format!("{prefix}{}", e.key), (e.shape, values));
     }
@@ -134,6 +146,37 @@ fn resnet18_cifar_matches_pytorch() {
     assert!(layout.iter().any(|e| e.key == "layer2.0.shortcut.0.weight"));
     assert!(!layout.iter().any(|e| e.key.contains("downsample")));
     check("resnet18-cifar", "model.");
+}
+
+#[test]
+fn mobilenet_v2_matches_torchvision() {
+    check("mobilenet_v2", "");
+}
+
+/// Our layout of `mobilenet_v2`, in the checkpoint's names, is torchvision's state dict
+/// (the script wrote its keys and shapes), key for key in torchvision's order.
+#[test]
+fn mobilenet_v2_layout_is_torchvisions_state_dict() {
+    let text = std::fs::read_to_string(fixture("mobilenet_v2.keys.txt")).unwrap();
+    let torchvision: Vec<(String, Vec<usize>)> = text
+        .lines()
+        .map(|l| {
+            let (key, shape) = l.split_once(' ').unwrap();
+            let shape = shape.split(',').map(|d| d.parse().unwrap()).collect();
+            (key.to_owned(), shape)
+        })
+        .collect();
+    assert_eq!(torchvision.len(), 262);
+    let mut ours: Vec<(String, Vec<usize>)> =
+        arch_state_dict_layout(Arch::MobileNetV2, NUM_CLASSES)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.shape))
+            .collect();
+    let mut theirs = torchvision.clone();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
 }
 
 /// A ResNet-50 state dict loaded as a ResNet-18 names the keys (the checkpoint's names).

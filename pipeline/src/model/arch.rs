@@ -4,7 +4,8 @@
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::DenseNet;
-use super::efficientnet::EfficientNetLite;
+use super::efficientnet::MbNet;
+use super::mobilenet_v2::mobilenet_v2_key_renames;
 use super::resnet::{ResNet, ResNetSpec};
 use crate::error::ModelConfigError;
 
@@ -15,6 +16,8 @@ pub enum Arch {
     DenseNetBc,
     /// EfficientNet-Lite0 (`efficientnet-lite0`), lukemelas key names.
     EfficientNetLite0,
+    /// torchvision `mobilenet_v2` (`mobilenet_v2`).
+    MobileNetV2,
     /// A torchvision ResNet (`resnet18`, ..., `wide_resnet50_2`) or OpenOOD's CIFAR
     /// `ResNet18_32x32` (`resnet18-cifar`).
     ResNet(ResNetSpec),
@@ -22,9 +25,10 @@ pub enum Arch {
 
 impl Arch {
     /// Every architecture with its config name, in the order error messages list them.
-    pub const ALL: [(&'static str, Arch); 9] = [
+    pub const ALL: [(&'static str, Arch); 10] = [
         ("densenet-bc", Arch::DenseNetBc),
         ("efficientnet-lite0", Arch::EfficientNetLite0),
+        ("mobilenet_v2", Arch::MobileNetV2),
         ("resnet18", Arch::ResNet(ResNetSpec::RESNET18)),
         ("resnet34", Arch::ResNet(ResNetSpec::RESNET34)),
         ("resnet50", Arch::ResNet(ResNetSpec::RESNET50)),
@@ -35,19 +39,26 @@ impl Arch {
     ];
 
     /// Renames between the checkpoint's keys and the burn module's where they differ, as
-    /// `(file fragment, module fragment)` substring pairs (torchvision's `downsample.0`
-    /// Sequential index is the module's `downsample.conv`).
-    pub fn key_renames(self) -> &'static [(&'static str, &'static str)] {
+    /// `(file fragment, module fragment)` substring pairs applied in order (torchvision's
+    /// `downsample.0` Sequential index is the module's `downsample.conv`; MobileNet-v2's
+    /// `features.N` see [`mobilenet_v2_key_renames`]).
+    pub fn key_renames(self) -> Vec<(String, String)> {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(f, m)| ((*f).to_owned(), (*m).to_owned()))
+                .collect()
+        };
         match self {
-            Arch::ResNet(spec) if !spec.imagenet_stem => &[
+            Arch::ResNet(spec) if !spec.imagenet_stem => pairs(&[
                 ("shortcut.0.", "downsample.conv."),
                 ("shortcut.1.", "downsample.bn."),
-            ],
-            Arch::ResNet(_) => &[
+            ]),
+            Arch::ResNet(_) => pairs(&[
                 ("downsample.0.", "downsample.conv."),
                 ("downsample.1.", "downsample.bn."),
-            ],
-            Arch::DenseNetBc | Arch::EfficientNetLite0 => &[],
+            ]),
+            Arch::MobileNetV2 => mobilenet_v2_key_renames(),
+            Arch::DenseNetBc | Arch::EfficientNetLite0 => Vec::new(),
         }
     }
 
@@ -83,9 +94,14 @@ impl Arch {
                 field: "arch",
                 reason: "densenet-bc is built from its depth, growth rate and reduction".into(),
             }),
-            Arch::EfficientNetLite0 => Ok(Backbone::EfficientNetLite(Box::new(
-                EfficientNetLite::lite0(num_classes, device),
-            ))),
+            Arch::EfficientNetLite0 => Ok(Backbone::EfficientNetLite(Box::new(MbNet::lite0(
+                num_classes,
+                device,
+            )))),
+            Arch::MobileNetV2 => Ok(Backbone::MobileNetV2(Box::new(MbNet::mobilenet_v2(
+                num_classes,
+                device,
+            )))),
             Arch::ResNet(spec) => Ok(Backbone::ResNet(Box::new(ResNet::new(
                 &spec,
                 num_classes,
@@ -128,7 +144,9 @@ pub enum Backbone {
     /// DenseNet-BC.
     DenseNet(Box<DenseNet>),
     /// EfficientNet-Lite.
-    EfficientNetLite(Box<EfficientNetLite>),
+    EfficientNetLite(Box<MbNet>),
+    /// torchvision MobileNet-v2 (the same network in torchvision's names).
+    MobileNetV2(Box<MbNet>),
     /// A ResNet.
     ResNet(Box<ResNet>),
 }
@@ -138,7 +156,7 @@ impl Backbone {
     pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         match self {
             Backbone::DenseNet(m) => m.forward(x),
-            Backbone::EfficientNetLite(m) => m.forward(x),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.forward(x),
             Backbone::ResNet(m) => m.forward(x),
         }
     }
@@ -147,7 +165,7 @@ impl Backbone {
     pub fn feature_dim(&self) -> usize {
         match self {
             Backbone::DenseNet(m) => m.feature_dim(),
-            Backbone::EfficientNetLite(m) => m.feature_dim(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.feature_dim(),
             Backbone::ResNet(m) => m.feature_dim(),
         }
     }
@@ -156,7 +174,7 @@ impl Backbone {
     pub fn num_classes(&self) -> usize {
         match self {
             Backbone::DenseNet(m) => m.num_classes(),
-            Backbone::EfficientNetLite(m) => m.num_classes(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.num_classes(),
             Backbone::ResNet(m) => m.num_classes(),
         }
     }
@@ -165,7 +183,7 @@ impl Backbone {
     pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
         match self {
             Backbone::DenseNet(m) => m.head_weights(),
-            Backbone::EfficientNetLite(m) => m.head_weights(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.head_weights(),
             Backbone::ResNet(m) => m.head_weights(),
         }
     }
@@ -193,9 +211,16 @@ mod tests {
     #[test]
     fn renames_differ_for_torchvision_and_openood_resnets() {
         let tv: Arch = "resnet50".parse().unwrap();
-        assert_eq!(tv.key_renames()[0], ("downsample.0.", "downsample.conv."));
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            tv.key_renames()[0],
+            pair("downsample.0.", "downsample.conv.")
+        );
         let cifar: Arch = "resnet18-cifar".parse().unwrap();
-        assert_eq!(cifar.key_renames()[1], ("shortcut.1.", "downsample.bn."));
+        assert_eq!(
+            cifar.key_renames()[1],
+            pair("shortcut.1.", "downsample.bn.")
+        );
         assert!(Arch::EfficientNetLite0.key_renames().is_empty());
     }
 
