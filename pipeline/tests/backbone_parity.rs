@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use posthoc_pipeline::checkpoint::{arch_state_dict_layout, load_backbone};
 use posthoc_pipeline::model::Arch;
 use posthoc_pipeline::um::tensors::TensorFile;
+use posthoc_pipeline::{CheckpointError, PipelineError};
 
 use common::*;
 
@@ -204,4 +205,60 @@ fn a_resnet50_checkpoint_under_resnet18_names_the_keys() {
         "{err}"
     );
     assert!(err.contains(&ckpt.display().to_string()), "{err}");
+}
+
+/// The partial MobileNet-v2 checkpoint the script wrote with `torch.save` (zip, state dict
+/// under `model` with DataParallel's `module.`): torchvision's own key names of the stem,
+/// blocks 0-1 and classifier all find their place (nothing unexpected) and the rest is
+/// named missing, in torchvision's names.
+#[test]
+fn a_torch_written_mobilenet_v2_pth_maps_torchvisions_names() {
+    let pth = fixture("mobilenet_v2.partial.pth");
+    let err = load_backbone(Arch::MobileNetV2, NUM_CLASSES, &pth, &Device::flex()).unwrap_err();
+    let PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
+        missing,
+        unexpected,
+        shape_mismatches,
+        ..
+    }) = err
+    else {
+        panic!("expected a state-dict mismatch, got {err}");
+    };
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(shape_mismatches.is_empty(), "{shape_mismatches:?}");
+    let present = ["features.0.", "features.1.", "features.2.", "classifier.1."];
+    let layout = arch_state_dict_layout(Arch::MobileNetV2, NUM_CLASSES).unwrap();
+    let mut expected: Vec<&str> = layout
+        .iter()
+        .map(|e| e.key.as_str())
+        .filter(|k| !present.iter().any(|p| k.starts_with(p)))
+        .collect();
+    // stem 5 tensors, block 0: 2 convs + 2 BNs, block 1: 3 convs + 3 BNs, classifier 2.
+    assert_eq!(layout.len() - expected.len(), 5 + 10 + 15 + 2);
+    let mut missing_sorted: Vec<&str> = missing.iter().map(String::as_str).collect();
+    missing_sorted.sort();
+    expected.sort();
+    assert_eq!(missing_sorted, expected);
+    assert!(missing.contains(&"features.18.0.weight".to_owned()));
+    assert!(missing.contains(&"features.3.conv.1.0.weight".to_owned()));
+}
+
+/// A `.pth` cut in half is a parse error naming the file (no panic, no partial model).
+#[test]
+fn a_truncated_pth_is_an_error_naming_the_file() {
+    let bytes = std::fs::read(fixture("mobilenet_v2.partial.pth")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.pth");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_backbone(Arch::MobileNetV2, NUM_CLASSES, &cut, &Device::flex()).unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(
+        matches!(
+            err,
+            PipelineError::Checkpoint(CheckpointError::Parse { .. })
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains(&cut.display().to_string()), "{msg}");
 }

@@ -1,0 +1,141 @@
+//! `posthoc precompute` with a bad `[model]`: an unknown arch lists the known ones, a
+//! truncated `.pth` and a torchvision MobileNet-v2 file lacking layers are errors naming
+//! the file (and the missing keys), a ResNet-50 checkpoint under `arch = "resnet18"` names
+//! the keys that do not fit. The network is loaded before any image is read, so the data
+//! sets here are empty folders. Checkpoints: `pipeline/tests/fixtures/backbones/
+//! mobilenet_v2.partial.pth` (written by `torch.save`, see `scripts/backbone_parity_fixture.py`)
+//! and a ResNet-50 state dict of zeros written here.
+#![cfg(feature = "pipeline")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use posthoc_pipeline::checkpoint::arch_state_dict_layout;
+use posthoc_pipeline::um::tensors::TensorFile;
+
+const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
+
+fn partial_pth() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipeline/tests/fixtures/backbones/mobilenet_v2.partial.pth")
+}
+
+/// A 10-class config for `arch` with `checkpoint`, empty data folders under `dir`.
+fn write_config(dir: &Path, arch: &str, checkpoint: &Path) -> PathBuf {
+    let data = dir.join("data");
+    for set in ["train/a", "test/a", "ood/a"] {
+        std::fs::create_dir_all(data.join(set)).unwrap();
+    }
+    let d = |p: &str| format!("{:?}", data.join(p).to_str().unwrap());
+    let text = format!(
+        r#"[model]
+id = "bad-model"
+arch = "{arch}"
+num_classes = 10
+class_names = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+checkpoint = {ckpt:?}
+
+[preprocess]
+resize = 72
+crop = 64
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+
+[data]
+id_train = {{ folder = {train} }}
+id_test = {{ folder = {test} }}
+
+[data.ood]
+ood = {{ folder = {ood} }}
+"#,
+        ckpt = checkpoint.to_str().unwrap(),
+        train = d("train"),
+        test = d("test"),
+        ood = d("ood"),
+    );
+    let path = dir.join("model.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `posthoc precompute` on `config`, expects a failure and returns its stderr.
+fn precompute_fails(config: &Path, out: &Path) -> String {
+    let res = Command::new(BIN)
+        .args(["precompute", "--config", config.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .env("POSTHOC_LOG", "warn")
+        .output()
+        .expect("run posthoc");
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    println!("{err}");
+    assert!(!res.status.success(), "precompute succeeded:\n{err}");
+    err
+}
+
+#[test]
+fn an_unknown_arch_lists_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "resnet9000", &partial_pth());
+    let err = precompute_fails(&config, &dir.path().join("out"));
+    assert!(
+        err.contains("[model] arch = \"resnet9000\" is not a known architecture (known: \"densenet-bc\", \"efficientnet-lite0\", \"mobilenet_v2\", \"resnet18\""),
+        "{err}"
+    );
+    assert!(err.contains("model.toml"), "{err}");
+}
+
+#[test]
+fn a_truncated_pth_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(partial_pth()).unwrap();
+    let cut = dir.path().join("mobilenet_v2-cut.pth");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let config = write_config(dir.path(), "mobilenet_v2", &cut);
+    let err = precompute_fails(&config, &dir.path().join("out"));
+    assert!(err.contains("cannot parse checkpoint"), "{err}");
+    assert!(err.contains(cut.to_str().unwrap()), "{err}");
+}
+
+/// torchvision's names of the layers present are accepted; the absent ones are named.
+#[test]
+fn a_mobilenet_v2_pth_without_its_later_blocks_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "mobilenet_v2", &partial_pth());
+    let err = precompute_fails(&config, &dir.path().join("out"));
+    assert!(
+        err.contains("does not fit mobilenet_v2 (10 classes)"),
+        "{err}"
+    );
+    // 262 tensors less the 32 of the stem, blocks 0-1 and the classifier.
+    assert!(
+        err.contains("230 missing key(s): features.3.conv.0.1.bias"),
+        "{err}"
+    );
+    assert!(!err.contains("unexpected"), "{err}");
+    assert!(err.contains("mobilenet_v2.partial.pth"), "{err}");
+}
+
+#[test]
+fn a_resnet50_checkpoint_under_arch_resnet18_names_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = TensorFile::default();
+    let resnet50 = "resnet50".parse().unwrap();
+    for e in arch_state_dict_layout(resnet50, 10).unwrap() {
+        let n = e.shape.iter().product();
+        file.tensors.insert(e.key, (e.shape, vec![0.0; n]));
+    }
+    let ckpt = dir.path().join("resnet50.safetensors");
+    file.write(&ckpt).unwrap();
+    let config = write_config(dir.path(), "resnet18", &ckpt);
+    let err = precompute_fails(&config, &dir.path().join("out"));
+    assert!(err.contains("does not fit resnet18 (10 classes)"), "{err}");
+    assert!(
+        err.contains("unexpected key(s): layer1.0.bn3.bias"),
+        "{err}"
+    );
+    assert!(
+        err.contains("layer1.0.conv1.weight (model [64, 64, 3, 3], checkpoint [64, 64, 1, 1])"),
+        "{err}"
+    );
+    assert!(err.contains("resnet50.safetensors"), "{err}");
+}
