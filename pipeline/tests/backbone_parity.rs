@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use posthoc_pipeline::checkpoint::{arch_state_dict_layout, load_backbone};
-use posthoc_pipeline::model::Arch;
+use posthoc_pipeline::model::{Arch, ResNetV2Spec};
 use posthoc_pipeline::um::tensors::TensorFile;
 use posthoc_pipeline::{CheckpointError, PipelineError};
 
@@ -261,4 +261,130 @@ fn a_truncated_pth_is_an_error_naming_the_file() {
         "{msg}"
     );
     assert!(msg.contains(&cut.display().to_string()), "{msg}");
+}
+
+/// The reduced BiT network of the fixture (`resnetv2-14x1`: one unit per block, width 1): the
+/// same code as `resnetv2-101x1`, small enough for a debug-build test.
+const BIT_SMALL: Arch = Arch::ResNetV2(ResNetV2Spec {
+    block_units: [1, 1, 1, 1],
+    width_factor: 1,
+});
+
+/// The script's `bit_formula(key, shape)` (BiT `.npz` names, TF shapes).
+fn bit_formula(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n = shape.iter().product();
+    let leaf = key.rsplit('/').next().unwrap();
+    let fan_in: usize = shape[..shape.len() - 1].iter().product();
+    let scale = (3.0 / fan_in as f64).sqrt();
+    uniform(key, n)
+        .map(|u| {
+            (match leaf {
+                "gamma" => u * 0.5 + 0.5,
+                "beta" | "bias" => (u - 0.5) * 0.125,
+                _ => (u - 0.5) * 2.0 * scale,
+            }) as f32
+        })
+        .collect()
+}
+
+/// `np.savez` of `arrays` (stored `.npy` entries).
+fn write_npz(path: &Path, arrays: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>) {
+    use ndarray_npy::WriteNpyExt;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (key, shape, values) in arrays {
+        zip.start_file(format!("{key}.npy"), options).unwrap();
+        let a = ndarray::ArrayD::from_shape_vec(shape, values).unwrap();
+        a.write_npy(&mut zip).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// BiT's ResNet-v2 (weight-standardised convolutions, GroupNorm, pre-activation) from a
+/// `.npz` in BiT's names and TF layouts, against the script's PyTorch port of
+/// `bit_pytorch/models.py` (checked there to equal the original bit for bit).
+#[test]
+fn bit_resnetv2_from_npz_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("BiT-small.npz");
+    let layout = arch_state_dict_layout(BIT_SMALL, NUM_CLASSES).unwrap();
+    assert!(layout.iter().any(|e| e.key
+        == "resnet/block2/unit01/a/proj/standardized_conv2d/kernel"
+        && e.shape == [1, 1, 256, 512]));
+    write_npz(
+        &npz,
+        layout.into_iter().map(|e| {
+            let v = bit_formula(&e.key, &e.shape);
+            (e.key, e.shape, v)
+        }),
+    );
+    let device = Device::flex();
+    let loaded = load_backbone(BIT_SMALL, NUM_CLASSES, &npz, &device).unwrap();
+    assert_eq!(loaded.info.tensors_loaded, 45);
+    let x: Vec<f32> = uniform("input", BATCH * 3 * 64 * 64)
+        .map(|u| ((u - 0.5) * 4.0) as f32)
+        .collect();
+    let (features, logits) = loaded.model.forward(Tensor::<4>::from_data(
+        TensorData::new(x, [BATCH, 3, 64, 64]),
+        &device,
+    ));
+    let features = features.into_data().try_into_vec::<f32>().unwrap();
+    let logits = logits.into_data().try_into_vec::<f32>().unwrap();
+    let ef = read_f32(&fixture("resnetv2-14x1.features.npy"));
+    let el = read_f32(&fixture("resnetv2-14x1.logits.npy"));
+    assert_eq!(shape_of(&ef), vec![BATCH, 2048]);
+    let fd = max_abs_diff(&features, ef.as_slice().unwrap());
+    let ld = max_abs_diff(&logits, el.as_slice().unwrap());
+    println!("resnetv2-14x1: features max abs diff {fd:.3e}, logits {ld:.3e}");
+    assert!(fd <= TOL && ld <= TOL, "features {fd}, logits {ld}");
+    let (w, b) = loaded.model.head_weights();
+    assert_eq!((w.len(), b.len()), (NUM_CLASSES * 2048, NUM_CLASSES));
+}
+
+/// The script's `np.savez` of BiT-named arrays (root kernel, final norm, head bias,
+/// block1/unit01's norms): every name is known, the absent arrays are named in BiT's names.
+#[test]
+fn a_numpy_written_bit_npz_names_the_missing_kernels() {
+    let npz = fixture("resnetv2.partial.npz");
+    let err = load_backbone(BIT_SMALL, NUM_CLASSES, &npz, &Device::flex()).unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    let PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
+        missing,
+        unexpected,
+        shape_mismatches,
+        ..
+    }) = err
+    else {
+        panic!("expected a state-dict mismatch, got {msg}");
+    };
+    assert!(
+        unexpected.is_empty() && shape_mismatches.is_empty(),
+        "{msg}"
+    );
+    // 45 arrays less root kernel, final norm (2), head bias and block1/unit01's norms (6).
+    assert_eq!(missing.len(), 45 - 10, "{missing:?}");
+    assert!(
+        msg.contains("35 missing key(s): resnet/block1/unit01/a/proj/standardized_conv2d/kernel"),
+        "{msg}"
+    );
+    assert!(missing.contains(&"resnet/head/conv2d/kernel".to_owned()));
+    assert!(missing.contains(&"resnet/block4/unit01/c/group_norm/beta".to_owned()));
+
+    // The full-size network names what the reduced file lacks for it.
+    let arch: Arch = "resnetv2-101x1".parse().unwrap();
+    let msg = load_backbone(arch, NUM_CLASSES, &npz, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("does not fit resnetv2-101x1 (10 classes)"),
+        "{msg}"
+    );
+
+    // A .npz is only BiT's.
+    let msg = load_backbone(Arch::MobileNetV2, NUM_CLASSES, &npz, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("a .npz checkpoint is BiT's format"), "{msg}");
 }

@@ -7,6 +7,7 @@ use super::densenet::DenseNet;
 use super::efficientnet::MbNet;
 use super::mobilenet_v2::mobilenet_v2_key_renames;
 use super::resnet::{ResNet, ResNetSpec};
+use super::resnetv2::{ResNetV2, ResNetV2Spec};
 use crate::error::ModelConfigError;
 
 /// A network family and variant, by its config name.
@@ -21,11 +22,14 @@ pub enum Arch {
     /// A torchvision ResNet (`resnet18`, ..., `wide_resnet50_2`) or OpenOOD's CIFAR
     /// `ResNet18_32x32` (`resnet18-cifar`).
     ResNet(ResNetSpec),
+    /// BiT's ResNet-v2 (`resnetv2-50x1`, `resnetv2-101x1`), `bit_pytorch` names, `.npz`
+    /// weights.
+    ResNetV2(ResNetV2Spec),
 }
 
 impl Arch {
     /// Every architecture with its config name, in the order error messages list them.
-    pub const ALL: [(&'static str, Arch); 10] = [
+    pub const ALL: [(&'static str, Arch); 12] = [
         ("densenet-bc", Arch::DenseNetBc),
         ("efficientnet-lite0", Arch::EfficientNetLite0),
         ("mobilenet_v2", Arch::MobileNetV2),
@@ -36,6 +40,8 @@ impl Arch {
         ("resnet152", Arch::ResNet(ResNetSpec::RESNET152)),
         ("wide_resnet50_2", Arch::ResNet(ResNetSpec::WIDE_RESNET50_2)),
         ("resnet18-cifar", Arch::ResNet(ResNetSpec::RESNET18_CIFAR)),
+        ("resnetv2-50x1", Arch::ResNetV2(ResNetV2Spec::R50X1)),
+        ("resnetv2-101x1", Arch::ResNetV2(ResNetV2Spec::R101X1)),
     ];
 
     /// Renames between the checkpoint's keys and the burn module's where they differ, as
@@ -58,17 +64,24 @@ impl Arch {
                 ("downsample.1.", "downsample.bn."),
             ]),
             Arch::MobileNetV2 => mobilenet_v2_key_renames(),
-            Arch::DenseNetBc | Arch::EfficientNetLite0 => Vec::new(),
+            Arch::DenseNetBc | Arch::EfficientNetLite0 | Arch::ResNetV2(_) => Vec::new(),
         }
     }
 
-    /// The config name (`efficientnet-lite0`).
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map(|(n, _)| *n)
-            .expect("every arch is listed in Arch::ALL")
+    /// The config name (`efficientnet-lite0`); for a BiT shape not in [`Self::ALL`] (a
+    /// reduced test network) `resnetv2-<3 * units + 2>x<width>`.
+    pub fn name(self) -> String {
+        if let Some((n, _)) = Self::ALL.iter().find(|(_, a)| *a == self) {
+            return (*n).to_owned();
+        }
+        match self {
+            Arch::ResNetV2(s) => format!(
+                "resnetv2-{}x{}",
+                3 * s.block_units.iter().sum::<usize>() + 2,
+                s.width_factor
+            ),
+            _ => unreachable!("every other arch is listed in Arch::ALL"),
+        }
     }
 
     /// The comma-separated list of known names.
@@ -107,6 +120,11 @@ impl Arch {
                 num_classes,
                 device,
             )))),
+            Arch::ResNetV2(spec) => Ok(Backbone::ResNetV2(Box::new(ResNetV2::new(
+                &spec,
+                num_classes,
+                device,
+            )))),
         }
     }
 }
@@ -132,7 +150,7 @@ impl std::str::FromStr for Arch {
 
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -149,6 +167,8 @@ pub enum Backbone {
     MobileNetV2(Box<MbNet>),
     /// A ResNet.
     ResNet(Box<ResNet>),
+    /// A BiT ResNet-v2.
+    ResNetV2(Box<ResNetV2>),
 }
 
 impl Backbone {
@@ -158,6 +178,7 @@ impl Backbone {
             Backbone::DenseNet(m) => m.forward(x),
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.forward(x),
             Backbone::ResNet(m) => m.forward(x),
+            Backbone::ResNetV2(m) => m.forward(x),
         }
     }
 
@@ -167,6 +188,7 @@ impl Backbone {
             Backbone::DenseNet(m) => m.feature_dim(),
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.feature_dim(),
             Backbone::ResNet(m) => m.feature_dim(),
+            Backbone::ResNetV2(m) => m.feature_dim(),
         }
     }
 
@@ -176,6 +198,7 @@ impl Backbone {
             Backbone::DenseNet(m) => m.num_classes(),
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.num_classes(),
             Backbone::ResNet(m) => m.num_classes(),
+            Backbone::ResNetV2(m) => m.num_classes(),
         }
     }
 
@@ -185,6 +208,7 @@ impl Backbone {
             Backbone::DenseNet(m) => m.head_weights(),
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.head_weights(),
             Backbone::ResNet(m) => m.head_weights(),
+            Backbone::ResNetV2(m) => m.head_weights(),
         }
     }
 }

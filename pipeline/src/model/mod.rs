@@ -3,7 +3,8 @@
 //! - DenseNet-BC (the DICE / Unleashing-Mask CIFAR network) with its checked configuration
 //!   and [`CpuDenseNet`], a fused eval-mode CPU engine;
 //! - EfficientNet-Lite0 and torchvision MobileNet-v2 ([`MbNet`]);
-//! - torchvision ResNets and OpenOOD's CIFAR ResNet-18 ([`ResNet`]).
+//! - torchvision ResNets and OpenOOD's CIFAR ResNet-18 ([`ResNet`]);
+//! - BiT's ResNet-v2 ([`ResNetV2`]).
 
 mod arch;
 mod config;
@@ -15,6 +16,7 @@ pub mod kernels;
 mod layers;
 mod mobilenet_v2;
 mod resnet;
+mod resnetv2;
 
 pub use arch::{Arch, Backbone};
 pub use config::{BlockPlan, DenseNetConfig, DenseNetPlan, TransitionPlan};
@@ -31,3 +33,7 @@ pub use mobilenet_v2::{
     mobilenet_v2_key_renames,
 };
 pub use resnet::{BlockKind, Downsample, ResBlock, ResNet, ResNetSpec};
+pub use resnetv2::{
+    BIT_GROUPS, Body, Head, PreActUnit, ResNetV2, ResNetV2Spec, RootBlock, StdConv2d, WS_EPS,
+    bit_npz_key,
+};
