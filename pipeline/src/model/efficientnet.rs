@@ -13,7 +13,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::global_average_pool;
-use super::layers::{Pad, batch_norm_eps, conv2d, linear_weights, relu6};
+use super::layers::{ConvSpec, Pad, batch_norm_eps, conv2d, linear_weights, relu6};
 
 /// BatchNorm epsilon of EfficientNet (`batch_norm_epsilon = 1e-3`).
 pub const EFFICIENTNET_BN_EPS: f64 = 1e-3;
@@ -155,21 +155,18 @@ impl MbConvBlock {
     ) -> Self {
         let mid = cin * expand;
         let bn = |c| batch_norm_eps(c, spec.bn_eps, device);
-        let pad = |k| spec.padding.pad(k);
+        let conv = |k| ConvSpec::new(k).pad(spec.padding.pad(k));
         let (expand_conv, bn0) = if expand != 1 {
-            (
-                Some(conv2d(cin, mid, 1, 1, pad(1), 1, false, device)),
-                Some(bn(mid)),
-            )
+            (Some(conv2d(cin, mid, conv(1), device)), Some(bn(mid)))
         } else {
             (None, None)
         };
         Self {
             _expand_conv: expand_conv,
             _bn0: bn0,
-            _depthwise_conv: conv2d(mid, mid, k, stride, pad(k), mid, false, device),
+            _depthwise_conv: conv2d(mid, mid, conv(k).stride(stride).groups(mid), device),
             _bn1: bn(mid),
-            _project_conv: conv2d(mid, cout, 1, 1, pad(1), 1, false, device),
+            _project_conv: conv2d(mid, cout, conv(1), device),
             _bn2: bn(cout),
             residual: stride == 1 && cin == cout,
         }
@@ -234,7 +231,7 @@ impl MbNet {
     /// A freshly initialised network of shape `spec` with a `num_classes`-way head.
     pub(crate) fn from_spec(spec: &MbNetSpec, num_classes: usize, device: &Device) -> Self {
         let bn = |c| batch_norm_eps(c, spec.bn_eps, device);
-        let pad = |k| spec.padding.pad(k);
+        let conv = |k| ConvSpec::new(k).pad(spec.padding.pad(k));
         let mut blocks = Vec::new();
         for &s in spec.stages {
             for r in 0..s.repeats {
@@ -257,10 +254,10 @@ impl MbNet {
         let last = spec.stages[spec.stages.len() - 1].out_channels;
         let (stem, head) = (spec.stem_channels, spec.head_channels);
         Self {
-            _conv_stem: conv2d(3, stem, 3, 2, pad(3), 1, false, device),
+            _conv_stem: conv2d(3, stem, conv(3).stride(2), device),
             _bn0: bn(stem),
             _blocks: blocks,
-            _conv_head: conv2d(last, head, 1, 1, pad(1), 1, false, device),
+            _conv_head: conv2d(last, head, conv(1), device),
             _bn1: bn(head),
             _fc: LinearConfig::new(head, num_classes).init(device),
         }
