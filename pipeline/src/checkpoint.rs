@@ -120,6 +120,21 @@ impl StateDictDiff {
     pub fn is_match(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
     }
+
+    /// The ignored keys when the state dicts match, else the mismatch error for the
+    /// checkpoint at `path` and the model `model` (its name in the message).
+    pub fn into_result(self, path: &Path, model: &str) -> Result<Vec<String>, CheckpointError> {
+        if self.is_match() {
+            return Ok(self.ignored);
+        }
+        Err(CheckpointError::StateDictMismatch {
+            path: path.to_path_buf(),
+            model: model.to_owned(),
+            missing: self.missing,
+            unexpected: self.unexpected,
+            shape_mismatches: self.shape_mismatches,
+        })
+    }
 }
 
 /// Compares the `expected` state dict with the keys and shapes `found` in a checkpoint.
@@ -305,17 +320,7 @@ where
         .map(|(key, t)| (key.clone(), t.shape.to_vec()))
         .collect();
 
-    let diff = compare_state_dict(expected, &found);
-    if !diff.is_match() {
-        return Err(CheckpointError::StateDictMismatch {
-            path: path.to_path_buf(),
-            model: model_name.to_owned(),
-            missing: diff.missing,
-            unexpected: diff.unexpected,
-            shape_mismatches: diff.shape_mismatches,
-        }
-        .into());
-    }
+    let ignored = compare_state_dict(expected, &found).into_result(path, model_name)?;
 
     let apply_error = |message: String| CheckpointError::Apply {
         path: path.to_path_buf(),
@@ -359,7 +364,7 @@ where
             sha256,
             bytes,
             tensors_loaded: result.applied.len(),
-            ignored_keys: diff.ignored,
+            ignored_keys: ignored,
         },
     ))
 }
@@ -613,17 +618,7 @@ fn load_bit_npz(
         .iter()
         .map(|(k, (shape, _))| (k.clone(), shape.clone()))
         .collect();
-    let diff = compare_state_dict(&expected, &found);
-    if !diff.is_match() {
-        return Err(CheckpointError::StateDictMismatch {
-            path: path.to_path_buf(),
-            model: name.to_owned(),
-            missing: diff.missing,
-            unexpected: diff.unexpected,
-            shape_mismatches: diff.shape_mismatches,
-        }
-        .into());
-    }
+    let ignored = compare_state_dict(&expected, &found).into_result(path, name)?;
     let module_layout = module_state_dict_layout(&model);
     let mut file = TensorFile::default();
     for e in &module_layout {
@@ -644,7 +639,7 @@ fn load_bit_npz(
         .with_from_adapter(PyTorchToBurnAdapter)
         .allow_partial(false);
     let (model, mut info) = load_checked(model, &module_layout, name, path, store)?;
-    info.ignored_keys = diff.ignored;
+    info.ignored_keys = ignored;
     Ok((model, info))
 }
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use posthoc_pipeline::checkpoint::{arch_state_dict_layout, load_backbone};
-use posthoc_pipeline::model::{Arch, ResNetV2Spec};
+use posthoc_pipeline::model::{Arch, Backbone, ResNetV2Spec};
 use posthoc_pipeline::um::tensors::TensorFile;
-use posthoc_pipeline::{CheckpointError, PipelineError};
+use posthoc_pipeline::{CheckpointError, PipelineError, ShapeMismatch};
 
 use common::*;
 
@@ -91,18 +91,24 @@ fn check(name: &str, prefix: &str) {
     let device = Device::flex();
     let loaded = load_backbone(arch, NUM_CLASSES, &ckpt, &device).unwrap();
     let size = if name == "resnet18-cifar" { 32 } else { 64 };
+    compare_with_fixture(name, &loaded.model, size, &device);
+}
+
+/// Runs `model` on the formula input (`BATCH x 3 x size x size`) and compares features and
+/// logits with the script's `<name>.{features,logits}.npy`.
+fn compare_with_fixture(name: &str, model: &Backbone, size: usize, device: &Device) {
     let x: Vec<f32> = uniform("input", BATCH * 3 * size * size)
         .map(|u| ((u - 0.5) * 4.0) as f32)
         .collect();
-    let (features, logits) = loaded.model.forward(Tensor::<4>::from_data(
+    let (features, logits) = model.forward(Tensor::<4>::from_data(
         TensorData::new(x, [BATCH, 3, size, size]),
-        &device,
+        device,
     ));
     let features = features.into_data().try_into_vec::<f32>().unwrap();
     let logits = logits.into_data().try_into_vec::<f32>().unwrap();
     let ef = read_f32(&fixture(&format!("{name}.features.npy")));
     let el = read_f32(&fixture(&format!("{name}.logits.npy")));
-    assert_eq!(shape_of(&ef), vec![BATCH, loaded.model.feature_dim()]);
+    assert_eq!(shape_of(&ef), vec![BATCH, model.feature_dim()]);
     let fd = max_abs_diff(&features, ef.as_slice().unwrap());
     let ld = max_abs_diff(&logits, el.as_slice().unwrap());
     println!("{name}: features max abs diff {fd:.3e}, logits {ld:.3e}");
@@ -207,6 +213,19 @@ fn a_resnet50_checkpoint_under_resnet18_names_the_keys() {
     assert!(err.contains(&ckpt.display().to_string()), "{err}");
 }
 
+/// The missing keys, unexpected keys and shape mismatches of a state-dict mismatch error.
+fn mismatch(err: PipelineError) -> (Vec<String>, Vec<String>, Vec<ShapeMismatch>) {
+    match err {
+        PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
+            missing,
+            unexpected,
+            shape_mismatches,
+            ..
+        }) => (missing, unexpected, shape_mismatches),
+        other => panic!("expected a state-dict mismatch, got {other}"),
+    }
+}
+
 /// The partial MobileNet-v2 checkpoint the script wrote with `torch.save` (zip, state dict
 /// under `model` with DataParallel's `module.`): torchvision's own key names of the stem,
 /// blocks 0-1 and classifier all find their place (nothing unexpected) and the rest is
@@ -215,15 +234,7 @@ fn a_resnet50_checkpoint_under_resnet18_names_the_keys() {
 fn a_torch_written_mobilenet_v2_pth_maps_torchvisions_names() {
     let pth = fixture("mobilenet_v2.partial.pth");
     let err = load_backbone(Arch::MobileNetV2, NUM_CLASSES, &pth, &Device::flex()).unwrap_err();
-    let PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
-        missing,
-        unexpected,
-        shape_mismatches,
-        ..
-    }) = err
-    else {
-        panic!("expected a state-dict mismatch, got {err}");
-    };
+    let (missing, unexpected, shape_mismatches) = mismatch(err);
     assert!(unexpected.is_empty(), "{unexpected:?}");
     assert!(shape_mismatches.is_empty(), "{shape_mismatches:?}");
     let present = ["features.0.", "features.1.", "features.2.", "classifier.1."];
@@ -322,22 +333,8 @@ fn bit_resnetv2_from_npz_matches_pytorch() {
     let device = Device::flex();
     let loaded = load_backbone(BIT_SMALL, NUM_CLASSES, &npz, &device).unwrap();
     assert_eq!(loaded.info.tensors_loaded, 45);
-    let x: Vec<f32> = uniform("input", BATCH * 3 * 64 * 64)
-        .map(|u| ((u - 0.5) * 4.0) as f32)
-        .collect();
-    let (features, logits) = loaded.model.forward(Tensor::<4>::from_data(
-        TensorData::new(x, [BATCH, 3, 64, 64]),
-        &device,
-    ));
-    let features = features.into_data().try_into_vec::<f32>().unwrap();
-    let logits = logits.into_data().try_into_vec::<f32>().unwrap();
-    let ef = read_f32(&fixture("resnetv2-14x1.features.npy"));
-    let el = read_f32(&fixture("resnetv2-14x1.logits.npy"));
-    assert_eq!(shape_of(&ef), vec![BATCH, 2048]);
-    let fd = max_abs_diff(&features, ef.as_slice().unwrap());
-    let ld = max_abs_diff(&logits, el.as_slice().unwrap());
-    println!("resnetv2-14x1: features max abs diff {fd:.3e}, logits {ld:.3e}");
-    assert!(fd <= TOL && ld <= TOL, "features {fd}, logits {ld}");
+    assert_eq!(loaded.model.feature_dim(), 2048);
+    compare_with_fixture("resnetv2-14x1", &loaded.model, 64, &device);
     let (w, b) = loaded.model.head_weights();
     assert_eq!((w.len(), b.len()), (NUM_CLASSES * 2048, NUM_CLASSES));
 }
@@ -350,15 +347,7 @@ fn a_numpy_written_bit_npz_names_the_missing_kernels() {
     let err = load_backbone(BIT_SMALL, NUM_CLASSES, &npz, &Device::flex()).unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
-    let PipelineError::Checkpoint(CheckpointError::StateDictMismatch {
-        missing,
-        unexpected,
-        shape_mismatches,
-        ..
-    }) = err
-    else {
-        panic!("expected a state-dict mismatch, got {msg}");
-    };
+    let (missing, unexpected, shape_mismatches) = mismatch(err);
     assert!(
         unexpected.is_empty() && shape_mismatches.is_empty(),
         "{msg}"
