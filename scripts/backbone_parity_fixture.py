@@ -265,7 +265,8 @@ BIT_PARTIAL = ("resnet/root_block/", "resnet/group_norm/", "resnet/head/conv2d/b
 
 def write_bit():
     """resnetv2-14x1.{features,logits}.npy (the reduced network on formula weights loaded
-    through BiT's load_from) and resnetv2.partial.npz (np.savez, BiT's names)."""
+    through BiT's load_from), resnetv2.partial.npz (np.savez, BiT's names) and
+    resnetv2-101x1.keys.txt (the arrays bit_pytorch's load_from reads for R101x1)."""
     net = ResNetV2(BIT_UNITS, BIT_WIDTH, NUM_CLASSES).eval()
     weights = {k: bit_formula(k, s) for k, s in bit_npz_shapes(net).items()}
     net.load_from(weights)
@@ -281,6 +282,11 @@ def write_bit():
         if k.startswith(BIT_PARTIAL) and not (k.endswith("kernel") and "unit01" in k)
     }
     np.savez(OUT / "resnetv2.partial.npz", **partial)
+    # The full R101x1's arrays (BiT-S-R101x1.npz, 1000 classes): names and TF shapes.
+    full = bit_npz_shapes(ResNetV2([3, 4, 23, 3], 1, 1000))
+    (OUT / "resnetv2-101x1.keys.txt").write_text(
+        "".join(f"{k} {','.join(map(str, v))}\n" for k, v in sorted(full.items()))
+    )
     print(f"resnetv2-14x1: features {tuple(features.shape)}, rows differ by {(features[0] - features[1]).abs().max():.3g}, |logit| max {logits.abs().max():.3g}")
 
 

@@ -160,12 +160,10 @@ fn mobilenet_v2_matches_torchvision() {
     check("mobilenet_v2", "");
 }
 
-/// Our layout of `mobilenet_v2`, in the checkpoint's names, is torchvision's state dict
-/// (the script wrote its keys and shapes), key for key in torchvision's order.
-#[test]
-fn mobilenet_v2_layout_is_torchvisions_state_dict() {
-    let text = std::fs::read_to_string(fixture("mobilenet_v2.keys.txt")).unwrap();
-    let torchvision: Vec<(String, Vec<usize>)> = text
+/// The `<key> <d0,d1,...>` lines of a `*.keys.txt` fixture, sorted.
+fn fixture_keys(name: &str) -> Vec<(String, Vec<usize>)> {
+    let text = std::fs::read_to_string(fixture(name)).unwrap();
+    let mut keys: Vec<(String, Vec<usize>)> = text
         .lines()
         .map(|l| {
             let (key, shape) = l.split_once(' ').unwrap();
@@ -173,17 +171,37 @@ fn mobilenet_v2_layout_is_torchvisions_state_dict() {
             (key.to_owned(), shape)
         })
         .collect();
+    keys.sort();
+    keys
+}
+
+/// `arch_state_dict_layout(arch, classes)` as sorted `(key, shape)` pairs.
+fn our_keys(arch: Arch, classes: usize) -> Vec<(String, Vec<usize>)> {
+    let mut keys: Vec<(String, Vec<usize>)> = arch_state_dict_layout(arch, classes)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.shape))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Our layout of `mobilenet_v2`, in the checkpoint's names, is torchvision's state dict
+/// (the script wrote its keys and shapes).
+#[test]
+fn mobilenet_v2_layout_is_torchvisions_state_dict() {
+    let torchvision = fixture_keys("mobilenet_v2.keys.txt");
     assert_eq!(torchvision.len(), 262);
-    let mut ours: Vec<(String, Vec<usize>)> =
-        arch_state_dict_layout(Arch::MobileNetV2, NUM_CLASSES)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.key, e.shape))
-            .collect();
-    let mut theirs = torchvision.clone();
-    ours.sort();
-    theirs.sort();
-    assert_eq!(ours, theirs);
+    assert_eq!(our_keys(Arch::MobileNetV2, NUM_CLASSES), torchvision);
+}
+
+/// The full `resnetv2-101x1` expects exactly the 306 arrays (names, TF shapes) that
+/// `bit_pytorch`'s `load_from` reads from `BiT-S-R101x1.npz` for 1000 classes.
+#[test]
+fn resnetv2_101x1_layout_is_bits_npz() {
+    let bit = fixture_keys("resnetv2-101x1.keys.txt");
+    assert_eq!(bit.len(), 306);
+    assert_eq!(our_keys("resnetv2-101x1".parse().unwrap(), 1000), bit);
 }
 
 /// A ResNet-50 state dict loaded as a ResNet-18 names the keys (the checkpoint's names).
