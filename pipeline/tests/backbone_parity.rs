@@ -316,12 +316,13 @@ fn bit_formula(key: &str, shape: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-/// `np.savez` of `arrays` (stored `.npy` entries).
+/// `np.savez_compressed` of `arrays` (deflated `.npy` entries; the script's partial file is
+/// `np.savez`, stored).
 fn write_npz(path: &Path, arrays: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>) {
     use ndarray_npy::WriteNpyExt;
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for (key, shape, values) in arrays {
         zip.start_file(format!("{key}.npy"), options).unwrap();
         let a = ndarray::ArrayD::from_shape_vec(shape, values).unwrap();
