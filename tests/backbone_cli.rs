@@ -4,12 +4,17 @@
 //! the keys that do not fit. The network is loaded before any image is read, so the data
 //! sets here are empty folders. Checkpoints: `pipeline/tests/fixtures/backbones/
 //! mobilenet_v2.partial.pth` (written by `torch.save`, see `scripts/backbone_parity_fixture.py`)
-//! and a ResNet-50 state dict of zeros written here.
+//! and a ResNet-50 state dict of zeros written here. And the other way round: EfficientNet-
+//! Lite0 (the real ImageNet checkpoint) through `posthoc precompute` caches PyTorch's
+//! features and logits of `../shared/fixtures/efficientnet-lite0-imagenet` row for row.
 #![cfg(feature = "pipeline")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ndarray::{Array1, Array2, s};
+use ndarray_npy::read_npy;
+use posthoc_cache::FeatureCache;
 use posthoc_pipeline::checkpoint::arch_state_dict_layout;
 use posthoc_pipeline::um::tensors::TensorFile;
 
@@ -138,4 +143,108 @@ fn a_resnet50_checkpoint_under_arch_resnet18_names_the_keys() {
         "{err}"
     );
     assert!(err.contains("resnet50.safetensors"), "{err}");
+}
+
+/// `../shared/<rel>`, or `None` after one skip line.
+fn shared(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    if p.exists() {
+        Some(p.canonicalize().unwrap())
+    } else {
+        println!("skipping: ../shared/{rel} not found");
+        None
+    }
+}
+
+/// The first rows of the fixture (val images) as an image list with their labels, for every
+/// set; cached features and logits against PyTorch's.
+#[test]
+fn efficientnet_lite0_precompute_caches_pytorchs_features_row_for_row() {
+    let (Some(fx), Some(imagenet), Some(ckpt)) = (
+        shared("fixtures/efficientnet-lite0-imagenet"),
+        shared("data/imagenet"),
+        shared("data/checkpoints/efficientnet-lite0/efficientnet-lite0-57934424.pth"),
+    ) else {
+        return;
+    };
+    const N: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let files = std::fs::read_to_string(fx.join("files.txt")).unwrap();
+    let files: Vec<&str> = files.lines().take(N).collect();
+    let labels: Array1<i64> = read_npy(fx.join("labels.npy")).unwrap();
+    let list = dir.path().join("rows.txt");
+    let lines: Vec<String> = files
+        .iter()
+        .zip(&labels)
+        .map(|(f, l)| format!("{f} {l}"))
+        .collect();
+    std::fs::write(&list, lines.join("\n") + "\n").unwrap();
+    let set = format!(
+        "{{ list = {:?}, root = {:?} }}",
+        list.to_str().unwrap(),
+        imagenet.to_str().unwrap()
+    );
+    let config = dir.path().join("lite0.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[model]
+id = "efficientnet-lite0-imagenet"
+arch = "efficientnet-lite0"
+num_classes = 1000
+class_names_file = {classes:?}
+checkpoint = {ckpt:?}
+
+[preprocess]
+resize = 256
+interpolation = "bilinear"
+crop = 224
+mean = [0.4980392156862745, 0.4980392156862745, 0.4980392156862745]
+std = [0.5019607843137255, 0.5019607843137255, 0.5019607843137255]
+
+[data]
+id_train = {set}
+id_test = {set}
+
+[data.ood]
+rows = {set}
+"#,
+            classes = imagenet.join("classes.txt").to_str().unwrap(),
+            ckpt = ckpt.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("cache");
+    let res = Command::new(BIN)
+        .args(["precompute", "--config", config.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--batch-size", "4"])
+        .env("POSTHOC_LOG", "warn")
+        .output()
+        .expect("run posthoc");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let cache = FeatureCache::open(&out).unwrap();
+    let feat: Array2<f32> = read_npy(fx.join("features.npy")).unwrap();
+    let logits: Array2<f32> = read_npy(fx.join("logits.npy")).unwrap();
+    let split = cache.split("id_test").unwrap();
+    assert_eq!(split.paths, files);
+    let max = |a: ndarray::ArrayView2<f32>, b: ndarray::ArrayView2<f32>| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    let df = max(split.features.view(), feat.slice(s![..N, ..]));
+    let dl = max(split.logits.view(), logits.slice(s![..N, ..]));
+    println!("cached features differ by {df:.3e}, logits by {dl:.3e}");
+    assert!(df <= 1e-4 && dl <= 1e-4, "features {df}, logits {dl}");
+    let want: Vec<i64> = labels.iter().take(N).copied().collect();
+    let got: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+    assert_eq!(got, want);
+    assert_eq!(cache.split("rows").unwrap().rows(), N);
 }
