@@ -98,6 +98,7 @@ fn a_truncated_pth_is_named() {
     let config = write_config(dir.path(), "mobilenet_v2", &cut);
     let err = precompute_fails(&config, &dir.path().join("out"));
     assert!(err.contains("cannot parse checkpoint"), "{err}");
+    assert!(err.contains("truncated"), "{err}");
     assert!(err.contains(cut.to_str().unwrap()), "{err}");
 }
 

@@ -472,7 +472,7 @@ pub fn load_backbone(
     } else {
         PytorchStore::from_file(path)
             .keys()
-            .map_err(|e| parse(e.to_string()))?
+            .map_err(|e| parse(format!("{e}{}", truncation_hint(path))))?
     };
     let prefix = wrapper_prefix(keys.iter().map(String::as_str));
     let renames = arch.key_renames();
@@ -503,6 +503,20 @@ pub fn load_backbone(
         }
     };
     Ok(LoadedBackbone { arch, model, info })
+}
+
+/// `" (...truncated...)"` when the unreadable file at `path` starts like a zip archive
+/// (`torch.save`'s format since 1.6): a zip whose directory at the end is unreadable was
+/// most likely cut short; empty otherwise.
+fn truncation_hint(path: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let zip = File::open(path).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
+        && magic == *b"PK\x03\x04";
+    if zip {
+        " (the file starts as a zip archive but cannot be read to its end: truncated, e.g. an incomplete download?)"
+    } else {
+        ""
+    }
 }
 
 /// The state dict of an `arch` checkpoint with `num_classes` classes in the checkpoint's
@@ -581,8 +595,12 @@ fn read_npz(path: &Path) -> Result<TensorFile, CheckpointError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| parse(format!("not a .npz (zip) archive: {e}")))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        parse(format!(
+            "not a readable .npz (zip) archive: {e}{}",
+            truncation_hint(path)
+        ))
+    })?;
     let mut arrays = TensorFile::default();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| parse(e.to_string()))?;

@@ -290,6 +290,17 @@ fn a_truncated_pth_is_an_error_naming_the_file() {
         "{msg}"
     );
     assert!(msg.contains(&cut.display().to_string()), "{msg}");
+    assert!(msg.contains("truncated"), "{msg}");
+    // Not a zip at all: no truncation hint.
+    let text = dir.path().join("notes.pth");
+    std::fs::write(&text, "not a checkpoint").unwrap();
+    let msg = load_backbone(Arch::MobileNetV2, NUM_CLASSES, &text, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("notes.pth") && !msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 /// The reduced BiT network of the fixture (`resnetv2-14x1`: one unit per block, width 1): the
@@ -387,6 +398,19 @@ fn a_numpy_written_bit_npz_names_the_missing_kernels() {
         .to_string();
     assert!(
         msg.contains("does not fit resnetv2-101x1 (10 classes)"),
+        "{msg}"
+    );
+
+    // Cut short: named, with the hint.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.npz");
+    let bytes = std::fs::read(&npz).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_backbone(BIT_SMALL, NUM_CLASSES, &cut, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cut.npz") && msg.contains("truncated"),
         "{msg}"
     );
 
