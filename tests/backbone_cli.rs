@@ -9,20 +9,19 @@
 //! features and logits of `../shared/fixtures/efficientnet-lite0-imagenet` row for row.
 #![cfg(feature = "pipeline")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{fails, ok, repo};
 use ndarray::{Array1, Array2, s};
 use ndarray_npy::read_npy;
 use posthoc_cache::FeatureCache;
 use posthoc_pipeline::checkpoint::arch_state_dict_layout;
 use posthoc_pipeline::um::tensors::TensorFile;
 
-const BIN: &str = env!("CARGO_BIN_EXE_posthoc");
-
 fn partial_pth() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("pipeline/tests/fixtures/backbones/mobilenet_v2.partial.pth")
+    repo().join("pipeline/tests/fixtures/backbones/mobilenet_v2.partial.pth")
 }
 
 /// A 10-class config for `arch` with `checkpoint`, empty data folders under `dir`.
@@ -65,15 +64,14 @@ ood = {{ folder = {ood} }}
 
 /// Runs `posthoc precompute` on `config`, expects a failure and returns its stderr.
 fn precompute_fails(config: &Path, out: &Path) -> String {
-    let res = Command::new(BIN)
-        .args(["precompute", "--config", config.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap()])
-        .env("POSTHOC_LOG", "warn")
-        .output()
-        .expect("run posthoc");
-    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    let err = fails(&[
+        "precompute",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     println!("{err}");
-    assert!(!res.status.success(), "precompute succeeded:\n{err}");
     err
 }
 
@@ -218,17 +216,15 @@ rows = {set}
     )
     .unwrap();
     let out = dir.path().join("cache");
-    let res = Command::new(BIN)
-        .args(["precompute", "--config", config.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--batch-size", "4"])
-        .env("POSTHOC_LOG", "warn")
-        .output()
-        .expect("run posthoc");
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    ok(&[
+        "precompute",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]);
     let cache = FeatureCache::open(&out).unwrap();
     let feat: Array2<f32> = read_npy(fx.join("features.npy")).unwrap();
     let logits: Array2<f32> = read_npy(fx.join("logits.npy")).unwrap();
