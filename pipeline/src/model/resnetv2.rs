@@ -1,6 +1,8 @@
-//! BiT's ResNet-v2 (`google-research/big_transfer` `bit_pytorch/models.py`, module names as
-//! there) as a burn module: pre-activation bottlenecks, weight-standardised convolutions and
-//! GroupNorm(32), the stride on the 3x3 convolution.
+//! BiT's ResNet-v2 (`google-research/big_transfer` `bit_pytorch/models.py`) as a burn
+//! module: pre-activation bottlenecks, weight-standardised convolutions and GroupNorm(32),
+//! the stride on the 3x3 convolution. Module names follow bit_pytorch's, with units by
+//! index (`body.block1.0` is `unit01`) and the classifier as `head.fc`; checkpoints are
+//! BiT's `.npz` files, whose names [`bit_npz_key`] gives.
 //!
 //! - root: `conv` (7x7 stride 2 padding 3, weight-standardised), zero padding 1, 3x3
 //!   stride-2 max-pool without padding (BiT pads with zeros, not -inf);
