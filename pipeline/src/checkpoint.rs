@@ -21,7 +21,8 @@ use burn::tensor::Device;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CheckpointError, PipelineError, ShapeMismatch};
-use crate::model::{Arch, Backbone, DenseNet, DenseNetConfig, DenseNetPlan};
+use crate::model::{Arch, Backbone, DenseNet, DenseNetConfig, DenseNetPlan, ResNetV2, bit_npz_key};
+use crate::um::tensors::TensorFile;
 
 /// The entry of a training checkpoint dict that holds the state dict (DICE:
 /// `torch.save({'epoch': ..., 'state_dict': model.state_dict(), ...})`).
@@ -118,6 +119,21 @@ impl StateDictDiff {
     /// Whether every needed key is present with its shape and nothing unknown is left.
     pub fn is_match(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
+    }
+
+    /// The ignored keys when the state dicts match, else the mismatch error for the
+    /// checkpoint at `path` and the model `model` (its name in the message).
+    pub fn into_result(self, path: &Path, model: &str) -> Result<Vec<String>, CheckpointError> {
+        if self.is_match() {
+            return Ok(self.ignored);
+        }
+        Err(CheckpointError::StateDictMismatch {
+            path: path.to_path_buf(),
+            model: model.to_owned(),
+            missing: self.missing,
+            unexpected: self.unexpected,
+            shape_mismatches: self.shape_mismatches,
+        })
     }
 }
 
@@ -304,17 +320,7 @@ where
         .map(|(key, t)| (key.clone(), t.shape.to_vec()))
         .collect();
 
-    let diff = compare_state_dict(expected, &found);
-    if !diff.is_match() {
-        return Err(CheckpointError::StateDictMismatch {
-            path: path.to_path_buf(),
-            model: model_name.to_owned(),
-            missing: diff.missing,
-            unexpected: diff.unexpected,
-            shape_mismatches: diff.shape_mismatches,
-        }
-        .into());
-    }
+    let ignored = compare_state_dict(expected, &found).into_result(path, model_name)?;
 
     let apply_error = |message: String| CheckpointError::Apply {
         path: path.to_path_buf(),
@@ -358,7 +364,7 @@ where
             sha256,
             bytes,
             tensors_loaded: result.applied.len(),
-            ignored_keys: diff.ignored,
+            ignored_keys: ignored,
         },
     ))
 }
@@ -443,6 +449,22 @@ pub fn load_backbone(
         // The reader's own message would not name the path.
         file_sha256(path)?;
     }
+    if is_npz(path) {
+        return match model {
+            Backbone::ResNetV2(m) => {
+                let (m, info) = load_bit_npz(*m, &name, path)?;
+                Ok(LoadedBackbone {
+                    arch,
+                    model: Backbone::ResNetV2(Box::new(m)),
+                    info,
+                })
+            }
+            _ => Err(parse(format!(
+                "a .npz checkpoint is BiT's format, for arch = \"resnetv2-...\", not {arch}"
+            ))
+            .into()),
+        };
+    }
     let keys: Vec<String> = if is_safetensors(path) {
         SafetensorsStore::from_file(path)
             .keys()
@@ -450,12 +472,13 @@ pub fn load_backbone(
     } else {
         PytorchStore::from_file(path)
             .keys()
-            .map_err(|e| parse(e.to_string()))?
+            .map_err(|e| parse(format!("{e}{}", truncation_hint(path))))?
     };
     let prefix = wrapper_prefix(keys.iter().map(String::as_str));
+    let renames = arch.key_renames();
     let names = KeyNames {
         prefix: &prefix,
-        renames: arch.key_renames(),
+        renames: &renames,
     };
     let (model, info) = match model {
         Backbone::DenseNet(m) => {
@@ -466,28 +489,55 @@ pub fn load_backbone(
             let (m, info) = load_renamed(*m, &name, path, &names)?;
             (Backbone::EfficientNetLite(Box::new(m)), info)
         }
+        Backbone::MobileNetV2(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::MobileNetV2(Box::new(m)), info)
+        }
         Backbone::ResNet(m) => {
             let (m, info) = load_renamed(*m, &name, path, &names)?;
             (Backbone::ResNet(Box::new(m)), info)
+        }
+        Backbone::ResNetV2(m) => {
+            let (m, info) = load_renamed(*m, &name, path, &names)?;
+            (Backbone::ResNetV2(Box::new(m)), info)
         }
     };
     Ok(LoadedBackbone { arch, model, info })
 }
 
+/// `" (...truncated...)"` when the unreadable file at `path` starts like a zip archive
+/// (`torch.save`'s format since 1.6): a zip whose directory at the end is unreadable was
+/// most likely cut short; empty otherwise.
+fn truncation_hint(path: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let zip = File::open(path).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok())
+        && magic == *b"PK\x03\x04";
+    if zip {
+        " (the file starts as a zip archive but cannot be read to its end: truncated, e.g. an incomplete download?)"
+    } else {
+        ""
+    }
+}
+
 /// The state dict of an `arch` checkpoint with `num_classes` classes in the checkpoint's
-/// own key names (torchvision's, lukemelas', OpenOOD's), without `num_batches_tracked`.
+/// own key names (torchvision's, lukemelas', OpenOOD's), without `num_batches_tracked`; for
+/// BiT the `.npz` arrays ([`bit_npz_layout`]).
 pub fn arch_state_dict_layout(
     arch: Arch,
     num_classes: usize,
 ) -> Result<Vec<StateDictEntry>, PipelineError> {
+    let renames = arch.key_renames();
     let names = KeyNames {
         prefix: "",
-        renames: arch.key_renames(),
+        renames: &renames,
     };
     let layout = match arch.init(num_classes, &Device::flex())? {
         Backbone::DenseNet(m) => module_state_dict_layout(m.as_ref()),
-        Backbone::EfficientNetLite(m) => module_state_dict_layout(m.as_ref()),
+        Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => {
+            module_state_dict_layout(m.as_ref())
+        }
         Backbone::ResNet(m) => module_state_dict_layout(m.as_ref()),
+        Backbone::ResNetV2(m) => return Ok(bit_npz_layout(m.as_ref())),
     };
     Ok(layout
         .into_iter()
@@ -498,11 +548,124 @@ pub fn arch_state_dict_layout(
         .collect())
 }
 
+/// Whether `path` names a NumPy `.npz` archive (BiT's weights).
+pub fn is_npz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "npz")
+}
+
+/// The arrays of BiT's `.npz` for `model`: keys as [`bit_npz_key`] names them, shapes in
+/// TF layout (convolutions `[kh, kw, in, out]`, the head `[1, 1, in, C]`), sorted by key.
+pub fn bit_npz_layout(model: &ResNetV2) -> Vec<StateDictEntry> {
+    let mut layout: Vec<StateDictEntry> = module_state_dict_layout(model)
+        .into_iter()
+        .map(|e| StateDictEntry {
+            key: bit_npz_key(&e.key).expect("every ResNetV2 tensor has a BiT name"),
+            shape: match e.shape[..] {
+                [o, i, kh, kw] => vec![kh, kw, i, o],
+                [c, i] => vec![1, 1, i, c],
+                _ => e.shape,
+            },
+        })
+        .collect();
+    layout.sort_by(|a, b| a.key.cmp(&b.key));
+    layout
+}
+
+/// `[d0, d1, d2, d3]` row-major values permuted to axes `[3, 2, 0, 1]` (TF `HWIO` to
+/// PyTorch `OIHW`, BiT's `tf2th`).
+fn hwio_to_oihw(values: &[f32], [h, w, i, o]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for (idx, v) in values.iter().enumerate() {
+        let (y, rest) = (idx / (w * i * o), idx % (w * i * o));
+        let (x, rest) = (rest / (i * o), rest % (i * o));
+        let (c, k) = (rest / o, rest % o);
+        out[((k * i + c) * h + y) * w + x] = *v;
+    }
+    out
+}
+
+/// Every `.npy` array of the `.npz` at `path` as float32, by name (`.npy` suffix removed).
+fn read_npz(path: &Path) -> Result<TensorFile, CheckpointError> {
+    use ndarray_npy::ReadNpyExt;
+    let parse = |message: String| CheckpointError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+        parse(format!(
+            "not a readable .npz (zip) archive: {e}{}",
+            truncation_hint(path)
+        ))
+    })?;
+    let mut arrays = TensorFile::default();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| parse(e.to_string()))?;
+        let name = entry
+            .name()
+            .map_err(|e| parse(format!("entry {i}: {e}")))?
+            .into_owned();
+        let key = name.strip_suffix(".npy").unwrap_or(&name).to_owned();
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| parse(format!("{name}: {e}")))?;
+        let array = ndarray::ArrayD::<f32>::read_npy(&bytes[..])
+            .map_err(|e| parse(format!("{name}: {e} (float32 arrays expected)")))?;
+        let shape = array.shape().to_vec();
+        let values = array.as_standard_layout().iter().copied().collect();
+        arrays.tensors.insert(key, (shape, values));
+    }
+    Ok(arrays)
+}
+
+/// Loads BiT's `.npz` at `path` into `model` (`name` in errors): every array is checked
+/// against [`bit_npz_layout`] (missing, unexpected and mismatched keys in BiT's names and
+/// TF shapes), converted to PyTorch layout and applied.
+fn load_bit_npz(
+    model: ResNetV2,
+    name: &str,
+    path: &Path,
+) -> Result<(ResNetV2, CheckpointInfo), PipelineError> {
+    let arrays = read_npz(path)?.tensors;
+    let expected = bit_npz_layout(&model);
+    let found = arrays
+        .iter()
+        .map(|(k, (shape, _))| (k.clone(), shape.clone()))
+        .collect();
+    let ignored = compare_state_dict(&expected, &found).into_result(path, name)?;
+    let module_layout = module_state_dict_layout(&model);
+    let mut file = TensorFile::default();
+    for e in &module_layout {
+        let npz_key = bit_npz_key(&e.key).expect("every ResNetV2 tensor has a BiT name");
+        let (shape, values) = &arrays[&npz_key];
+        let values = match shape[..] {
+            [h, w, i, o] => hwio_to_oihw(values, [h, w, i, o]),
+            _ => values.clone(),
+        };
+        file.tensors
+            .insert(e.key.clone(), (e.shape.clone(), values));
+    }
+    let bytes = file.to_bytes().map_err(|message| CheckpointError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    let store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .allow_partial(false);
+    let (model, mut info) = load_checked(model, &module_layout, name, path, store)?;
+    info.ignored_keys = ignored;
+    Ok((model, info))
+}
+
 /// How a checkpoint's keys map to a module's: a prefix wrapping every key (stripped) and
 /// `(file fragment, module fragment)` renames.
 struct KeyNames<'a> {
     prefix: &'a str,
-    renames: &'static [(&'static str, &'static str)],
+    renames: &'a [(String, String)],
 }
 
 impl KeyNames<'_> {
@@ -514,7 +677,7 @@ impl KeyNames<'_> {
             pairs.push((format!("^{}", escape(self.prefix)), String::new()));
         }
         for (file, module) in self.renames {
-            pairs.push((escape(file), (*module).to_owned()));
+            pairs.push((escape(file), module.clone()));
         }
         pairs
     }

@@ -4,8 +4,10 @@
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::DenseNet;
-use super::efficientnet::EfficientNetLite;
+use super::efficientnet::MbNet;
+use super::mobilenet_v2::mobilenet_v2_key_renames;
 use super::resnet::{ResNet, ResNetSpec};
+use super::resnetv2::{ResNetV2, ResNetV2Spec};
 use crate::error::ModelConfigError;
 
 /// A network family and variant, by its config name.
@@ -15,16 +17,22 @@ pub enum Arch {
     DenseNetBc,
     /// EfficientNet-Lite0 (`efficientnet-lite0`), lukemelas key names.
     EfficientNetLite0,
+    /// torchvision `mobilenet_v2` (`mobilenet_v2`).
+    MobileNetV2,
     /// A torchvision ResNet (`resnet18`, ..., `wide_resnet50_2`) or OpenOOD's CIFAR
     /// `ResNet18_32x32` (`resnet18-cifar`).
     ResNet(ResNetSpec),
+    /// BiT's ResNet-v2 (`resnetv2-50x1`, `resnetv2-101x1`), `bit_pytorch` names, `.npz`
+    /// weights.
+    ResNetV2(ResNetV2Spec),
 }
 
 impl Arch {
     /// Every architecture with its config name, in the order error messages list them.
-    pub const ALL: [(&'static str, Arch); 9] = [
+    pub const ALL: [(&'static str, Arch); 12] = [
         ("densenet-bc", Arch::DenseNetBc),
         ("efficientnet-lite0", Arch::EfficientNetLite0),
+        ("mobilenet_v2", Arch::MobileNetV2),
         ("resnet18", Arch::ResNet(ResNetSpec::RESNET18)),
         ("resnet34", Arch::ResNet(ResNetSpec::RESNET34)),
         ("resnet50", Arch::ResNet(ResNetSpec::RESNET50)),
@@ -32,32 +40,48 @@ impl Arch {
         ("resnet152", Arch::ResNet(ResNetSpec::RESNET152)),
         ("wide_resnet50_2", Arch::ResNet(ResNetSpec::WIDE_RESNET50_2)),
         ("resnet18-cifar", Arch::ResNet(ResNetSpec::RESNET18_CIFAR)),
+        ("resnetv2-50x1", Arch::ResNetV2(ResNetV2Spec::R50X1)),
+        ("resnetv2-101x1", Arch::ResNetV2(ResNetV2Spec::R101X1)),
     ];
 
     /// Renames between the checkpoint's keys and the burn module's where they differ, as
-    /// `(file fragment, module fragment)` substring pairs (torchvision's `downsample.0`
-    /// Sequential index is the module's `downsample.conv`).
-    pub fn key_renames(self) -> &'static [(&'static str, &'static str)] {
+    /// `(file fragment, module fragment)` substring pairs applied in order (torchvision's
+    /// `downsample.0` Sequential index is the module's `downsample.conv`; MobileNet-v2's
+    /// `features.N` see [`mobilenet_v2_key_renames`]).
+    pub fn key_renames(self) -> Vec<(String, String)> {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(f, m)| ((*f).to_owned(), (*m).to_owned()))
+                .collect()
+        };
         match self {
-            Arch::ResNet(spec) if !spec.imagenet_stem => &[
+            Arch::ResNet(spec) if !spec.imagenet_stem => pairs(&[
                 ("shortcut.0.", "downsample.conv."),
                 ("shortcut.1.", "downsample.bn."),
-            ],
-            Arch::ResNet(_) => &[
+            ]),
+            Arch::ResNet(_) => pairs(&[
                 ("downsample.0.", "downsample.conv."),
                 ("downsample.1.", "downsample.bn."),
-            ],
-            Arch::DenseNetBc | Arch::EfficientNetLite0 => &[],
+            ]),
+            Arch::MobileNetV2 => mobilenet_v2_key_renames(),
+            Arch::DenseNetBc | Arch::EfficientNetLite0 | Arch::ResNetV2(_) => Vec::new(),
         }
     }
 
-    /// The config name (`efficientnet-lite0`).
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map(|(n, _)| *n)
-            .expect("every arch is listed in Arch::ALL")
+    /// The config name (`efficientnet-lite0`); for a BiT shape not in [`Self::ALL`] (a
+    /// reduced test network) `resnetv2-<3 * units + 2>x<width>`.
+    pub fn name(self) -> String {
+        if let Some((n, _)) = Self::ALL.iter().find(|(_, a)| *a == self) {
+            return (*n).to_owned();
+        }
+        match self {
+            Arch::ResNetV2(s) => format!(
+                "resnetv2-{}x{}",
+                3 * s.block_units.iter().sum::<usize>() + 2,
+                s.width_factor
+            ),
+            _ => unreachable!("every other arch is listed in Arch::ALL"),
+        }
     }
 
     /// The comma-separated list of known names.
@@ -83,10 +107,20 @@ impl Arch {
                 field: "arch",
                 reason: "densenet-bc is built from its depth, growth rate and reduction".into(),
             }),
-            Arch::EfficientNetLite0 => Ok(Backbone::EfficientNetLite(Box::new(
-                EfficientNetLite::lite0(num_classes, device),
-            ))),
+            Arch::EfficientNetLite0 => Ok(Backbone::EfficientNetLite(Box::new(MbNet::lite0(
+                num_classes,
+                device,
+            )))),
+            Arch::MobileNetV2 => Ok(Backbone::MobileNetV2(Box::new(MbNet::mobilenet_v2(
+                num_classes,
+                device,
+            )))),
             Arch::ResNet(spec) => Ok(Backbone::ResNet(Box::new(ResNet::new(
+                &spec,
+                num_classes,
+                device,
+            )))),
+            Arch::ResNetV2(spec) => Ok(Backbone::ResNetV2(Box::new(ResNetV2::new(
                 &spec,
                 num_classes,
                 device,
@@ -116,7 +150,7 @@ impl std::str::FromStr for Arch {
 
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -128,9 +162,13 @@ pub enum Backbone {
     /// DenseNet-BC.
     DenseNet(Box<DenseNet>),
     /// EfficientNet-Lite.
-    EfficientNetLite(Box<EfficientNetLite>),
+    EfficientNetLite(Box<MbNet>),
+    /// torchvision MobileNet-v2 (the same network in torchvision's names).
+    MobileNetV2(Box<MbNet>),
     /// A ResNet.
     ResNet(Box<ResNet>),
+    /// A BiT ResNet-v2.
+    ResNetV2(Box<ResNetV2>),
 }
 
 impl Backbone {
@@ -138,8 +176,9 @@ impl Backbone {
     pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         match self {
             Backbone::DenseNet(m) => m.forward(x),
-            Backbone::EfficientNetLite(m) => m.forward(x),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.forward(x),
             Backbone::ResNet(m) => m.forward(x),
+            Backbone::ResNetV2(m) => m.forward(x),
         }
     }
 
@@ -147,8 +186,9 @@ impl Backbone {
     pub fn feature_dim(&self) -> usize {
         match self {
             Backbone::DenseNet(m) => m.feature_dim(),
-            Backbone::EfficientNetLite(m) => m.feature_dim(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.feature_dim(),
             Backbone::ResNet(m) => m.feature_dim(),
+            Backbone::ResNetV2(m) => m.feature_dim(),
         }
     }
 
@@ -156,8 +196,9 @@ impl Backbone {
     pub fn num_classes(&self) -> usize {
         match self {
             Backbone::DenseNet(m) => m.num_classes(),
-            Backbone::EfficientNetLite(m) => m.num_classes(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.num_classes(),
             Backbone::ResNet(m) => m.num_classes(),
+            Backbone::ResNetV2(m) => m.num_classes(),
         }
     }
 
@@ -165,8 +206,9 @@ impl Backbone {
     pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
         match self {
             Backbone::DenseNet(m) => m.head_weights(),
-            Backbone::EfficientNetLite(m) => m.head_weights(),
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.head_weights(),
             Backbone::ResNet(m) => m.head_weights(),
+            Backbone::ResNetV2(m) => m.head_weights(),
         }
     }
 }
@@ -193,9 +235,16 @@ mod tests {
     #[test]
     fn renames_differ_for_torchvision_and_openood_resnets() {
         let tv: Arch = "resnet50".parse().unwrap();
-        assert_eq!(tv.key_renames()[0], ("downsample.0.", "downsample.conv."));
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            tv.key_renames()[0],
+            pair("downsample.0.", "downsample.conv.")
+        );
         let cifar: Arch = "resnet18-cifar".parse().unwrap();
-        assert_eq!(cifar.key_renames()[1], ("shortcut.1.", "downsample.bn."));
+        assert_eq!(
+            cifar.key_renames()[1],
+            pair("shortcut.1.", "downsample.bn.")
+        );
         assert!(Arch::EfficientNetLite0.key_renames().is_empty());
     }
 

@@ -1,5 +1,5 @@
 //! EfficientNet-Lite0 (the ImageNet-1k model of `efficientnet-lite-pytorch`, lukemelas
-//! `efficientnet_pytorch` key names) as a burn module.
+//! `efficientnet_pytorch` key names) as a burn module, [`MbNet`], which MobileNet-v2 shares.
 //!
 //! EfficientNet-B0's MBConv stages without squeeze-excitation, ReLU6 instead of swish,
 //! BatchNorm eps 1e-3 and TensorFlow "SAME" padding (asymmetric for stride 2, computed from
@@ -13,7 +13,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::global_average_pool;
-use super::layers::{Pad, batch_norm_eps, conv2d, linear_weights, relu6};
+use super::layers::{ConvSpec, Pad, batch_norm_eps, conv2d, linear_weights, relu6};
 
 /// BatchNorm epsilon of EfficientNet (`batch_norm_epsilon = 1e-3`).
 pub const EFFICIENTNET_BN_EPS: f64 = 1e-3;
@@ -72,7 +72,54 @@ pub const LITE_STEM_CHANNELS: usize = 32;
 /// Head (`_conv_head`) output channels of the Lite models: the feature dimension.
 pub const LITE_HEAD_CHANNELS: usize = 1280;
 
-/// One MBConv block without squeeze-excitation (lukemelas `MBConvBlock`):
+/// The shape of an [`MbNet`] (EfficientNet-Lite, torchvision MobileNet-v2): stem 3x3
+/// stride-2 convolution to `stem_channels`, the `stages`, 1x1 head convolution to
+/// `head_channels`, every BatchNorm with epsilon `bn_eps`, every convolution padded as
+/// `padding` says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MbNetSpec {
+    /// The MBConv stages, in order.
+    pub stages: &'static [MbStage],
+    /// Stem output channels.
+    pub stem_channels: usize,
+    /// Head output channels: the feature dimension.
+    pub head_channels: usize,
+    /// TF "SAME" (EfficientNet) or PyTorch's `(k - 1) / 2` per side (MobileNet-v2).
+    pub padding: MbPadding,
+    /// BatchNorm epsilon.
+    pub bn_eps: f64,
+}
+
+/// How the convolutions of an [`MbNetSpec`] network pad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MbPadding {
+    /// TensorFlow "SAME" (asymmetric for stride 2).
+    TfSame,
+    /// `(k - 1) / 2` zeros per side (PyTorch).
+    Symmetric,
+}
+
+impl MbPadding {
+    /// The padding of a `k x k` convolution.
+    fn pad(self, k: usize) -> Pad {
+        match self {
+            MbPadding::TfSame => Pad::TfSame,
+            MbPadding::Symmetric => Pad::Symmetric((k - 1) / 2),
+        }
+    }
+}
+
+/// EfficientNet-Lite0: [`LITE0_STAGES`], TF "SAME" padding, BatchNorm eps 1e-3.
+pub(crate) const LITE0: MbNetSpec = MbNetSpec {
+    stages: &LITE0_STAGES,
+    stem_channels: LITE_STEM_CHANNELS,
+    head_channels: LITE_HEAD_CHANNELS,
+    padding: MbPadding::TfSame,
+    bn_eps: EFFICIENTNET_BN_EPS,
+};
+
+/// One MBConv block without squeeze-excitation (lukemelas `MBConvBlock`, torchvision
+/// `InvertedResidual`):
 /// `x -> relu6(_bn0(_expand_conv(x)))` (when `expand > 1`)
 /// `-> relu6(_bn1(_depthwise_conv(.)))` `-> _bn2(_project_conv(.))`, plus `x` when the
 /// stride is 1 and the channel count does not change.
@@ -95,8 +142,10 @@ pub struct MbConvBlock {
 }
 
 impl MbConvBlock {
-    /// A block `cin -> cout` with depthwise kernel `k`, `stride` and expansion `expand`.
-    pub fn new(
+    /// A block `cin -> cout` with depthwise kernel `k`, `stride` and expansion `expand`,
+    /// padded and normalised as `spec` says.
+    pub(crate) fn new(
+        spec: &MbNetSpec,
         cin: usize,
         cout: usize,
         k: usize,
@@ -105,21 +154,19 @@ impl MbConvBlock {
         device: &Device,
     ) -> Self {
         let mid = cin * expand;
-        let bn = |c| batch_norm_eps(c, EFFICIENTNET_BN_EPS, device);
+        let bn = |c| batch_norm_eps(c, spec.bn_eps, device);
+        let conv = |k| ConvSpec::new(k).pad(spec.padding.pad(k));
         let (expand_conv, bn0) = if expand != 1 {
-            (
-                Some(conv2d(cin, mid, 1, 1, Pad::TfSame, 1, false, device)),
-                Some(bn(mid)),
-            )
+            (Some(conv2d(cin, mid, conv(1), device)), Some(bn(mid)))
         } else {
             (None, None)
         };
         Self {
             _expand_conv: expand_conv,
             _bn0: bn0,
-            _depthwise_conv: conv2d(mid, mid, k, stride, Pad::TfSame, mid, false, device),
+            _depthwise_conv: conv2d(mid, mid, conv(k).stride(stride).groups(mid), device),
             _bn1: bn(mid),
-            _project_conv: conv2d(mid, cout, 1, 1, Pad::TfSame, 1, false, device),
+            _project_conv: conv2d(mid, cout, conv(1), device),
             _bn2: bn(cout),
             residual: stride == 1 && cin == cout,
         }
@@ -137,11 +184,14 @@ impl MbConvBlock {
     }
 }
 
-/// EfficientNet-Lite0: stem `_conv_stem` (3x3 stride 2, 32 channels) + `_bn0` + ReLU6, the
-/// 16 MBConv `_blocks`, `_conv_head` (1x1 to 1280) + `_bn1` + ReLU6, global average pool,
-/// `_fc` (dropout 0.2 before it is inactive at eval and absent here).
+/// A network of MBConv blocks without squeeze-excitation, in lukemelas' names (EfficientNet-
+/// Lite0; torchvision MobileNet-v2 is the same network, its keys renamed by
+/// [`super::Arch::key_renames`]): stem `_conv_stem` (3x3 stride 2, 32 channels) + `_bn0` +
+/// ReLU6, the MBConv `_blocks` (Lite0: 16, MobileNet-v2: 17), `_conv_head` (1x1 to 1280) +
+/// `_bn1` + ReLU6, global average pool, `_fc` (the dropout before it is inactive at eval and
+/// absent here).
 #[derive(Module, Debug)]
-pub struct EfficientNetLite {
+pub struct MbNet {
     /// Stem convolution.
     pub _conv_stem: Conv2d,
     /// Stem BatchNorm.
@@ -156,7 +206,7 @@ pub struct EfficientNetLite {
     pub _fc: Linear,
 }
 
-/// Every intermediate output of [`EfficientNetLite::forward_activations`].
+/// Every intermediate output of [`MbNet::forward_activations`].
 #[derive(Debug, Clone)]
 pub struct EfficientNetActivations {
     /// `relu6(_bn0(_conv_stem(x)))`.
@@ -171,13 +221,19 @@ pub struct EfficientNetActivations {
     pub logits: Tensor<2>,
 }
 
-impl EfficientNetLite {
+impl MbNet {
     /// A freshly initialised EfficientNet-Lite0 with a `num_classes`-way head (load a
     /// checkpoint for real weights).
     pub fn lite0(num_classes: usize, device: &Device) -> Self {
-        let bn = |c| batch_norm_eps(c, EFFICIENTNET_BN_EPS, device);
+        Self::from_spec(&LITE0, num_classes, device)
+    }
+
+    /// A freshly initialised network of shape `spec` with a `num_classes`-way head.
+    pub(crate) fn from_spec(spec: &MbNetSpec, num_classes: usize, device: &Device) -> Self {
+        let bn = |c| batch_norm_eps(c, spec.bn_eps, device);
+        let conv = |k| ConvSpec::new(k).pad(spec.padding.pad(k));
         let mut blocks = Vec::new();
-        for s in LITE0_STAGES {
+        for &s in spec.stages {
             for r in 0..s.repeats {
                 let (cin, stride) = if r == 0 {
                     (s.in_channels, s.stride)
@@ -185,6 +241,7 @@ impl EfficientNetLite {
                     (s.out_channels, 1)
                 };
                 blocks.push(MbConvBlock::new(
+                    spec,
                     cin,
                     s.out_channels,
                     s.kernel,
@@ -194,23 +251,15 @@ impl EfficientNetLite {
                 ));
             }
         }
-        let last = LITE0_STAGES[LITE0_STAGES.len() - 1].out_channels;
+        let last = spec.stages[spec.stages.len() - 1].out_channels;
+        let (stem, head) = (spec.stem_channels, spec.head_channels);
         Self {
-            _conv_stem: conv2d(3, LITE_STEM_CHANNELS, 3, 2, Pad::TfSame, 1, false, device),
-            _bn0: bn(LITE_STEM_CHANNELS),
+            _conv_stem: conv2d(3, stem, conv(3).stride(2), device),
+            _bn0: bn(stem),
             _blocks: blocks,
-            _conv_head: conv2d(
-                last,
-                LITE_HEAD_CHANNELS,
-                1,
-                1,
-                Pad::TfSame,
-                1,
-                false,
-                device,
-            ),
-            _bn1: bn(LITE_HEAD_CHANNELS),
-            _fc: LinearConfig::new(LITE_HEAD_CHANNELS, num_classes).init(device),
+            _conv_head: conv2d(last, head, conv(1), device),
+            _bn1: bn(head),
+            _fc: LinearConfig::new(head, num_classes).init(device),
         }
     }
 
@@ -272,7 +321,7 @@ mod tests {
     #[test]
     fn lite0_has_16_blocks_and_the_papers_shapes() {
         let device = Device::flex();
-        let net = EfficientNetLite::lite0(10, &device);
+        let net = MbNet::lite0(10, &device);
         assert_eq!(net._blocks.len(), 16);
         assert!(net._blocks[0]._expand_conv.is_none());
         assert!(net._blocks[2].residual && !net._blocks[1].residual);

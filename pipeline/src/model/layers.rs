@@ -1,4 +1,4 @@
-//! Building blocks shared by the backbones: BatchNorm and convolution constructors with
+//! Building blocks shared by the backbones: BatchNorm and convolution ([`ConvSpec`]) constructors with
 //! PyTorch's conventions, ReLU6, and the linear head in PyTorch layout.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -26,29 +26,65 @@ pub(crate) enum Pad {
     TfSame,
 }
 
-/// A `k x k` convolution `cin -> cout` with `stride`, padding `pad`, `groups` groups
-/// (`groups = cin = cout`: depthwise) and an optional bias.
-#[allow(clippy::too_many_arguments)] // torch.nn.Conv2d's own argument list; a ConvSpec struct is the follow-up
-pub(crate) fn conv2d(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: Pad,
-    groups: usize,
-    bias: bool,
-    device: &Device,
-) -> Conv2d {
-    let padding = match pad {
+/// The shape of a convolution apart from its channels (torch.nn.Conv2d's arguments):
+/// `kernel x kernel`, `stride`, `padding`, `dilation`, `groups` (`groups = cin = cout`:
+/// depthwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvSpec {
+    /// Kernel size (square).
+    pub kernel: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Padding.
+    pub padding: Pad,
+    /// Dilation (both axes).
+    pub dilation: usize,
+    /// Groups.
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    /// A `kernel x kernel` convolution with stride 1, no padding, dilation 1, one group.
+    pub const fn new(kernel: usize) -> Self {
+        Self {
+            kernel,
+            stride: 1,
+            padding: Pad::Symmetric(0),
+            dilation: 1,
+            groups: 1,
+        }
+    }
+
+    /// With stride `stride`.
+    pub const fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    /// With padding `padding`.
+    pub const fn pad(self, padding: Pad) -> Self {
+        Self { padding, ..self }
+    }
+
+    /// With `groups` groups.
+    pub const fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+}
+
+/// A convolution `cin -> cout` of shape `spec`, without bias (every backbone convolution
+/// feeds a norm layer).
+pub(crate) fn conv2d(cin: usize, cout: usize, spec: ConvSpec, device: &Device) -> Conv2d {
+    let padding = match spec.padding {
         Pad::Symmetric(p) => PaddingConfig2d::Explicit(p, p, p, p),
         // burn's `Same` computes exactly TF's asymmetric padding from the input size.
         Pad::TfSame => PaddingConfig2d::Same,
     };
-    Conv2dConfig::new([cin, cout], [k, k])
-        .with_stride([stride, stride])
+    Conv2dConfig::new([cin, cout], [spec.kernel, spec.kernel])
+        .with_stride([spec.stride, spec.stride])
         .with_padding(padding)
-        .with_groups(groups)
-        .with_bias(bias)
+        .with_dilation([spec.dilation, spec.dilation])
+        .with_groups(spec.groups)
+        .with_bias(false)
         .init(device)
 }
 

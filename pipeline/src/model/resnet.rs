@@ -13,7 +13,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::global_average_pool;
-use super::layers::{Pad, batch_norm_eps, conv2d, linear_weights};
+use super::layers::{ConvSpec, Pad, batch_norm_eps, conv2d, linear_weights};
 
 /// Which residual block a ResNet stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,12 +132,18 @@ impl ResBlock {
     ) -> Self {
         let cout = planes * kind.expansion();
         let downsample = (stride != 1 || cin != cout).then(|| Downsample {
-            conv: conv2d(cin, cout, 1, stride, Pad::Symmetric(0), 1, false, device),
+            conv: conv2d(cin, cout, ConvSpec::new(1).stride(stride), device),
             bn: bn(cout, device),
         });
-        let c3 =
-            |cin, cout, stride| conv2d(cin, cout, 3, stride, Pad::Symmetric(1), 1, false, device);
-        let c1 = |cin, cout| conv2d(cin, cout, 1, 1, Pad::Symmetric(0), 1, false, device);
+        let c3 = |cin, cout, stride| {
+            conv2d(
+                cin,
+                cout,
+                ConvSpec::new(3).stride(stride).pad(Pad::Symmetric(1)),
+                device,
+            )
+        };
+        let c1 = |cin, cout| conv2d(cin, cout, ConvSpec::new(1), device);
         match kind {
             BlockKind::Basic => Self {
                 conv1: c3(cin, planes, stride),
@@ -202,7 +208,12 @@ impl ResNet {
     pub fn new(spec: &ResNetSpec, num_classes: usize, device: &Device) -> Self {
         let (conv1, maxpool) = if spec.imagenet_stem {
             (
-                conv2d(3, 64, 7, 2, Pad::Symmetric(3), 1, false, device),
+                conv2d(
+                    3,
+                    64,
+                    ConvSpec::new(7).stride(2).pad(Pad::Symmetric(3)),
+                    device,
+                ),
                 Some(
                     MaxPool2dConfig::new([3, 3])
                         .with_strides([2, 2])
@@ -212,7 +223,7 @@ impl ResNet {
             )
         } else {
             (
-                conv2d(3, 64, 3, 1, Pad::Symmetric(1), 1, false, device),
+                conv2d(3, 64, ConvSpec::new(3).pad(Pad::Symmetric(1)), device),
                 None,
             )
         };
