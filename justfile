@@ -138,6 +138,19 @@ bench-zoo *ARGS:
     "$venv/bin/python" bench/run_zoo_bench.py --posthoc .bench/bin/posthoc-zoo --python "$venv/bin/python" --bench-python .venv-bench/bin/python {{ARGS}}
 
 # --- scale (issue 11) ---
+# Fuzz the cache reader (cache/fuzz: manifest parsing; a real small cache with one file
+# replaced / overwritten / truncated, resealed or not, read whole) for SECONDS each with
+# libFuzzer; needs a nightly toolchain and cargo-fuzz (installed here when absent).
+fuzz seconds="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.1
+    cd cache/fuzz
+    for t in manifest open_cache; do
+      mkdir -p "corpus/$t"
+      cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -timeout=10
+    done
+
 # ImageNet-size streaming: (a) finish a cache whose train split is ROWS x M (default
 # 1,281,167 x 2048, C = 1000: ~10.5 GB of f32 on disk under .bench/scale, removed after),
 # timed in its own process with its peak RSS (bound: 2 GiB); (b) `posthoc eval` of a
