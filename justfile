@@ -170,19 +170,50 @@ bench-scale rows="1281167" m="2048" c="1000":
     rm -rf "$dir"
 # --- end scale ---
 
-# The Python module (python/): a venv (.venv-python, or an existing one named by
-# POSTHOC_PYTHON_VENV), `maturin develop` into it, then pytest against the CLI binary.
-python-test *ARGS:
+# The Python module (python/) built into a venv (.venv-python, or an existing one named by
+# POSTHOC_PYTHON_VENV) with `maturin develop` (editable: python/posthoc/_posthoc.abi3.so).
+python-develop:
     #!/usr/bin/env bash
     set -euo pipefail
     venv="${POSTHOC_PYTHON_VENV:-$(pwd)/.venv-python}"
     if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
     "$venv/bin/pip" install --quiet maturin==1.16.0 pytest==9.2.0 pandas==3.1.1 numpy==2.4.6 pyarrow==26.0.1
+    (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
+
+# The Python module's pytest suite against the CLI binary (python/tests/test_torch.py
+# skips there: no torch in .venv-python; `just python-test-torch` runs it).
+python-test *ARGS: python-develop
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${POSTHOC_PYTHON_VENV:-$(pwd)/.venv-python}"
     bin=$(cargo build --workspace --bin posthoc --message-format=json-render-diagnostics \
         | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
-    (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
     # Any failure fails, and so does pytest's exit 5 (no tests collected).
     POSTHOC_BIN="$bin" "$venv/bin/python" -m pytest python/tests -q {{ARGS}}
+
+# posthoc.torch's tests with a torch interpreter: POSTHOC_TORCH_PYTHON (an existing venv,
+# only read: the module comes from python-develop on PYTHONPATH, and pytest, when that
+# interpreter lacks it, from .venv-python-pytest), else .venv-python-torch with CPU torch.
+python-test-torch *ARGS: python-develop
+    #!/usr/bin/env bash
+    set -euo pipefail
+    py="${POSTHOC_TORCH_PYTHON:-}"
+    if [ -z "$py" ]; then
+        venv="$(pwd)/.venv-python-torch"
+        if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+        "$venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu torch==2.15.0
+        "$venv/bin/pip" install --quiet pytest==9.2.0 numpy==2.4.6 tqdm
+        py="$venv/bin/python"
+    fi
+    "$py" -c 'import torch' || { echo "$py cannot import torch (POSTHOC_TORCH_PYTHON)" >&2; exit 1; }
+    path="$(pwd)/python"
+    if ! "$py" -c 'import pytest' 2>/dev/null; then
+        extra="$(pwd)/.venv-python-pytest"
+        [ -d "$extra/pytest" ] || "$py" -m pip install --quiet --target "$extra" pytest==9.2.0
+        path="$path:$extra"
+    fi
+    # -rs shows skips: a skip here is a failure to notice (torch imported above).
+    PYTHONPATH="$path" "$py" -m pytest python/tests/test_torch.py -q -rs -p no:cacheprovider {{ARGS}}
 
 # The Slurm template on a real local single-node cluster (root; `scripts/slurm-local.sh
 # install` first): the ignored test of tests/slurm_cluster.rs.
