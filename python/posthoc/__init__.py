@@ -143,10 +143,16 @@ class Cache:
 
 
 def open(path, verify: bool = True) -> Cache:  # noqa: A001 - the package's entry point
-    """Opens the finished cache at ``path`` (a directory).
+    """Opens the finished cache at ``path``: a directory or a URL.
 
-    ``verify=False`` skips the sha256 checks on reads (sizes, schemas, dims and values are
-    still checked). Raises :class:`CacheError` when the directory is not a finished cache.
+    URLs are those of ``posthoc eval --cache``: ``file://``, ``s3://bucket/prefix``,
+    ``gs://``, ``az://`` and read-only ``http(s)://``, with the stores' usual environment
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). A remote cache is
+    downloaded once into the local content-addressed store (``$POSTHOC_CACHE_DIR``,
+    default ``~/.cache/posthoc``; each file's sha256 checked on arrival) and read from
+    there (``Cache.path``). ``verify=False`` skips the sha256 checks on reads (sizes,
+    schemas, dims and values are still checked). Raises :class:`CacheError` when the
+    location is not a finished cache.
     """
     cache = Cache(open_cache(os.fspath(path), verify))
     cache._verify = verify

@@ -118,11 +118,7 @@ impl RawCache {
 
     /// `(features n x m f32, labels n i32, index n u64)` of `set`: read into Rust arrays
     /// (one copy out of the Arrow buffers), then handed to NumPy without a copy.
-    fn features<'py>(
-        &self,
-        py: Python<'py>,
-        set: &str,
-    ) -> PyResult<FeatureArrays<'py>> {
+    fn features<'py>(&self, py: Python<'py>, set: &str) -> PyResult<FeatureArrays<'py>> {
         let s = py
             .detach(|| self.inner.split_features(set))
             .map_err(cache_err)?;
@@ -146,10 +142,7 @@ impl RawCache {
     }
 
     /// The linear head `(W: C x m f32, b: C f32)`.
-    fn head<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<HeadArrays<'py>> {
+    fn head<'py>(&self, py: Python<'py>) -> PyResult<HeadArrays<'py>> {
         let h = py.detach(|| self.inner.head()).map_err(cache_err)?;
         Ok((h.weight.into_pyarray(py), h.bias.into_pyarray(py)))
     }
@@ -180,18 +173,20 @@ impl RawCache {
     }
 }
 
-/// Opens the finished cache at `path` (errors as `posthoc eval` words them).
+/// Opens the finished cache at `location`, a directory or a URL (`file://`, `s3://`,
+/// `gs://`, `az://`, `http(s)://`: a remote cache is downloaded once into the local
+/// content-addressed store first); errors as `posthoc eval` words them.
 #[pyfunction]
-#[pyo3(signature = (path, verify = true))]
-fn open_cache(py: Python<'_>, path: PathBuf, verify: bool) -> PyResult<RawCache> {
-    let inner = py.detach(|| open_dir(&path, verify))?;
+#[pyo3(signature = (location, verify = true))]
+fn open_cache(py: Python<'_>, location: String, verify: bool) -> PyResult<RawCache> {
+    let inner = py.detach(|| open_location(&location, verify))?;
     Ok(RawCache { inner })
 }
 
-/// Opens `dir` with the CLI's error context.
-fn open_dir(dir: &Path, verify: bool) -> PyResult<FeatureCache> {
-    FeatureCache::open_with(dir, verify)
-        .map_err(|e| CacheError::new_err(format!("opening cache {}: {e}", dir.display())))
+/// Opens `location` (a directory or URL) with the CLI's error context.
+fn open_location(location: &str, verify: bool) -> PyResult<FeatureCache> {
+    FeatureCache::open_url(location, verify)
+        .map_err(|e| CacheError::new_err(format!("opening cache {location}: {e}")))
 }
 
 /// What `posthoc eval` computes for one request, through the same library calls:
@@ -238,7 +233,7 @@ fn evaluate<'py>(
                 .ok_or_else(|| {
                     value_err("no cache: give cache= (or a config with [eval] cache)")
                 })?;
-            opened = py.detach(|| open_dir(&dir, true))?;
+            opened = py.detach(|| open_location(&dir.to_string_lossy(), true))?;
             &opened
         }
     };
