@@ -198,6 +198,9 @@ def evaluate(
     config=None,
     ood=None,
     convention=None,
+    select=None,
+    val_ood=None,
+    val_fraction=None,
     scores: bool = False,
     verify: bool = True,
     as_: str = "pandas",
@@ -205,12 +208,15 @@ def evaluate(
 ):
     """Runs ``posthoc eval`` on ``cache`` and returns its ``--json`` rows as a DataFrame.
 
-    ``cache``: a :class:`Cache` or a path (default: the config's ``[eval] cache``).
+    ``cache``: a :class:`Cache`, a path or a URL (default: the config's ``[eval] cache``).
     ``method``: a name or list (``"dice"``, ``["energy", "react"]``); keyword parameters
     are swept like the CLI's flags, as numbers, lists or CLI strings: ``p=[0, 50, 90]``,
     ``clip="p90"``, ``temperature=1``, ``p_a=..., p_w=...``. Without ``method``,
     ``config="configs/x.toml"`` runs its ``[[eval.run]]`` sweep. ``ood``: OOD sets to
-    report; ``convention``: ``"sklearn"`` (default) or ``"dice"``.
+    report; ``convention``: ``"sklearn"`` (default), ``"dice"`` or ``"openood"``.
+    ``select="auroc"`` (or ``"fpr95"``) with ``val_ood=SET`` picks each method's best
+    setting on that OOD set and a held-out ``val_fraction`` (default 0.2) of the ID-test
+    rows, as ``posthoc eval --select``: the rows then carry ``selected``.
 
     One row per (method, params, OOD set) plus an ``average`` row per setting, columns
     ``method``, the parameters, ``id_set``, ``ood_set``, ``n_id``, ``n_ood``, ``fpr95``,
@@ -228,11 +234,16 @@ def evaluate(
     raw = cache._raw if cache is not None else None
     rows, per_setting = _evaluate(
         raw,
+        None,
+        verify,
         method,
         {k: _cli_list(v) for k, v in params.items()},
         os.fspath(config) if config is not None else None,
         list(ood) if ood is not None else None,
         convention,
+        select,
+        val_ood,
+        None if val_fraction is None else _cli_list(val_fraction),
         scores,
     )
     frame = _frame(json.loads(rows), as_)
