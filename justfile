@@ -84,15 +84,9 @@ bench-precompute:
 # (b) a DICE p = 10..90 sweep on a synthetic ImageNet-size cache. Fails when the two sides
 # disagree (> 1e-6). Synthetic caches are made once under .bench/. Extra arguments go to
 # bench/run_eval_bench.py, e.g. `just bench-eval --cases cifar --reps 5`.
-bench-eval *ARGS:
+bench-eval *ARGS: bench-base
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
-    .venv-bench/bin/pip install --quiet numpy==2.4.6 scikit-learn==1.9.1 pyarrow==26.0.1
-    # The path of the binary this build produced (the target dir may be shared), copied at once.
-    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
-        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
-    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
     echo "load: $(uptime)"
     .venv-bench/bin/python bench/run_eval_bench.py --posthoc .bench/bin/posthoc --python .venv-bench/bin/python {{ARGS}}
 
@@ -111,6 +105,37 @@ um um_config="configs/cifar10-densenet100-um.toml" *ARGS: setup build-release
     "$bin" eval --config {{um_config}} --cache "$(sed -n 's/^out = "\(.*\)"/\1/p' {{config}} | head -1)"
     echo "== fine-tuned ({{um_config}})"
     "$bin" eval --config {{um_config}}
+
+# The numpy baseline's venv (.venv-bench) and the release binary copied to .bench/bin/posthoc
+# (the target dir may be shared: the path this build produced, copied at once).
+bench-base:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
+    .venv-bench/bin/pip install --quiet numpy==2.4.6 scikit-learn==1.9.1 pyarrow==26.0.1
+    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
+        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
+    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
+
+# --- python bench (issue 12) ---
+
+# posthoc.evaluate from Python vs `posthoc eval --config` (the CLI) vs numpy, the default
+# config's sweep on the posthoc-small fixture (imported) and a CIFAR-size cache (the real one
+# if present, else bench-eval's synthetic one); bench/run_python_bench.py, e.g.
+# `just bench-python --cases small --reps 3`. The package is `pip install`ed (a release
+# build) into .venv-python-bench, or the venv named by POSTHOC_PYTHON_BENCH_VENV.
+bench-python *ARGS: bench-base
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${POSTHOC_PYTHON_BENCH_VENV:-$(pwd)/.venv-python-bench}"
+    if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+    "$venv/bin/pip" install --quiet pandas==3.1.1 numpy==2.4.6
+    "$venv/bin/pip" install --quiet ./python
+    echo "load: $(uptime)"
+    .venv-bench/bin/python bench/run_python_bench.py --posthoc .bench/bin/posthoc \
+        --posthoc-python "$venv/bin/python" --numpy-python .venv-bench/bin/python {{ARGS}}
+
+# --- end python bench ---
 
 # --- method zoo (issue 9) ---
 
