@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from run_eval_bench import (  # noqa: E402
     CIFAR_CLASSES, CONFIG, METRICS, REAL_CIFAR, ROOT, compare, ensure_synthetic, log,
-    parse_posthoc_phases, run_child, warm_page_cache,
+    parse_posthoc_phases, run_child, warm_page_cache, write_results,
 )
 
 SMALL = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "posthoc-small")
@@ -178,10 +178,7 @@ def main():
         print(f"bench-python FAILED: {e}", file=sys.stderr)
         return 1
     print_results(results)
-    path = args.results or os.path.join(args.bench_dir, "bench-python-results.json")
-    with open(path, "w") as f:
-        json.dump({"posthoc": version, "cpus": os.cpu_count(), "results": results}, f, indent=1)
-    print(f"\nall measurements: {path}")
+    write_results(args.results or os.path.join(args.bench_dir, "bench-python-results.json"), version, results)
     return 0
 
 
