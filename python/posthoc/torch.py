@@ -68,6 +68,17 @@ def _progress(loader, desc: str, enabled: bool):
     return tqdm(loader, desc=desc, total=total, unit="batch")
 
 
+def _sample_paths(loader) -> Optional[Sequence[str]]:
+    """File paths of an unshuffled loader over a torchvision folder dataset (``.samples``
+    or ``.imgs``: ``(path, label)`` in dataset order), else None."""
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    if samples is None:
+        samples = getattr(getattr(loader, "dataset", None), "imgs", None)
+    if samples is None or not isinstance(getattr(loader, "sampler", None), torch.utils.data.SequentialSampler):
+        return None
+    return [os.fspath(s[0]) for s in samples]
+
+
 def _class_names(loaders: Mapping[str, Any], num_classes: int) -> Optional[Sequence[str]]:
     """The ID loaders' ``dataset.classes`` (torchvision datasets), when it has ``C`` names."""
     for key in _ID_ROLES:
@@ -98,7 +109,9 @@ def extract(
     the cache's head. ``loaders``: ``{"id_train": ..., "id_test": ..., "ood/<name>": ...}``,
     each an iterable of batches ``x`` or ``(x, y, ...)`` (a ``DataLoader``); labels ``y``
     are required for the ID sets and ignored for OOD sets (stored as -1). Sets are
-    written in the order of ``loaders``; row ``index`` is the row number in the set.
+    written in the order of ``loaders``; row ``index`` is the row number in the set, and its
+    ``path`` the file's for an unshuffled loader over a torchvision folder dataset
+    (``ImageFolder``: ``dataset.samples``), else the index.
 
     The model runs in eval mode under ``torch.no_grad()`` on ``device`` (default: the
     device of its first parameter); its training mode is restored and the hook removed
@@ -140,7 +153,8 @@ def extract(
         model.eval()
         with torch.no_grad():
             for key, set_name, role in sets:
-                batches = 0
+                batches, rows = 0, 0
+                paths = _sample_paths(loaders[key])
                 for batch in _progress(loaders[key], set_name, progress):
                     x, y = _batch_inputs(key, batch)
                     if role != "ood" and y is None:
@@ -165,9 +179,10 @@ def extract(
                         h.to(torch.float32).cpu().numpy(),
                         logits=z.to(torch.float32).cpu().numpy(),
                         labels=None if role == "ood" else y.cpu().numpy().astype(np.int64),
+                        paths=None if paths is None else paths[rows:rows + len(h)],
                         role=role,
                     )
-                    batches += 1
+                    batches, rows = batches + 1, rows + len(h)
                 if batches == 0:
                     raise ValueError(f"loader `{key}` yielded no batches")
     finally:

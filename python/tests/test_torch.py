@@ -126,3 +126,32 @@ def test_bad_input_is_a_value_error(setup, tmp_path):
     with pytest.raises(ValueError, match="yielded no batches"):
         ptorch.extract(model, {"id_train": []}, tmp_path / "d")
     assert not model.fc._forward_hooks
+
+
+def test_image_folder_paths_and_class_names(tmp_path):
+    datasets = pytest.importorskip("torchvision.datasets", reason="skipping: torchvision is not installed")
+    transforms = pytest.importorskip("torchvision.transforms")
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for split, n in [("train", 6), ("test", 4)]:
+        for cls in ["cat", "dog"]:
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    tf = transforms.ToTensor()
+    train = datasets.ImageFolder(tmp_path / "train", transform=tf)
+    test = datasets.ImageFolder(tmp_path / "test", transform=tf)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    dl = torch.utils.data.DataLoader
+    cache = ptorch.extract(model, {"id_train": dl(train, batch_size=5), "id_test": dl(test, batch_size=3),
+                                   "ood/shuffled": dl(test, batch_size=3, shuffle=True)},
+                           tmp_path / "cache", progress=False)
+    assert cache.manifest["model"]["class_names"] == ["cat", "dog"]
+    assert cache.split("id_train")["paths"] == [p for p, _ in train.samples]
+    assert cache.split("id_test")["paths"] == [p for p, _ in test.samples]
+    np.testing.assert_array_equal(cache.labels("id_test"), [y for _, y in test.samples])
+    assert cache.split("shuffled")["paths"] == [str(i) for i in range(8)]  # shuffled: no paths
