@@ -84,15 +84,9 @@ bench-precompute:
 # (b) a DICE p = 10..90 sweep on a synthetic ImageNet-size cache. Fails when the two sides
 # disagree (> 1e-6). Synthetic caches are made once under .bench/. Extra arguments go to
 # bench/run_eval_bench.py, e.g. `just bench-eval --cases cifar --reps 5`.
-bench-eval *ARGS:
+bench-eval *ARGS: bench-base
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
-    .venv-bench/bin/pip install --quiet numpy==2.4.6 scikit-learn==1.9.1 pyarrow==26.0.1
-    # The path of the binary this build produced (the target dir may be shared), copied at once.
-    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
-        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
-    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
     echo "load: $(uptime)"
     .venv-bench/bin/python bench/run_eval_bench.py --posthoc .bench/bin/posthoc --python .venv-bench/bin/python {{ARGS}}
 
@@ -111,6 +105,37 @@ um um_config="configs/cifar10-densenet100-um.toml" *ARGS: setup build-release
     "$bin" eval --config {{um_config}} --cache "$(sed -n 's/^out = "\(.*\)"/\1/p' {{config}} | head -1)"
     echo "== fine-tuned ({{um_config}})"
     "$bin" eval --config {{um_config}}
+
+# The numpy baseline's venv (.venv-bench) and the release binary copied to .bench/bin/posthoc
+# (the target dir may be shared: the path this build produced, copied at once).
+bench-base:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x .venv-bench/bin/python ]; then python3 -m venv .venv-bench; fi
+    .venv-bench/bin/pip install --quiet numpy==2.4.6 scikit-learn==1.9.1 pyarrow==26.0.1
+    bin=$(cargo build --release -p posthoc --message-format=json-render-diagnostics \
+        | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
+    mkdir -p .bench/bin && cp "$bin" .bench/bin/posthoc
+
+# --- python bench (issue 12) ---
+
+# posthoc.evaluate from Python vs `posthoc eval --config` (the CLI) vs numpy, the default
+# config's sweep on the posthoc-small fixture (imported) and a CIFAR-size cache (the real one
+# if present, else bench-eval's synthetic one); bench/run_python_bench.py, e.g.
+# `just bench-python --cases small --reps 3`. The package is `pip install`ed (a release
+# build) into .venv-python-bench, or the venv named by POSTHOC_PYTHON_BENCH_VENV.
+bench-python *ARGS: bench-base
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${POSTHOC_PYTHON_BENCH_VENV:-$(pwd)/.venv-python-bench}"
+    if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+    "$venv/bin/pip" install --quiet pandas==3.1.1 numpy==2.4.6
+    "$venv/bin/pip" install --quiet ./python
+    echo "load: $(uptime)"
+    .venv-bench/bin/python bench/run_python_bench.py --posthoc .bench/bin/posthoc \
+        --posthoc-python "$venv/bin/python" --numpy-python .venv-bench/bin/python {{ARGS}}
+
+# --- end python bench ---
 
 # --- method zoo (issue 9) ---
 
@@ -183,19 +208,50 @@ bench-scale rows="1281167" m="2048" c="1000":
     rm -rf "$dir"
 # --- end scale ---
 
-# The Python module (python/): a venv (.venv-python, or an existing one named by
-# POSTHOC_PYTHON_VENV), `maturin develop` into it, then pytest against the CLI binary.
-python-test *ARGS:
+# The Python module (python/) built into a venv (.venv-python, or an existing one named by
+# POSTHOC_PYTHON_VENV) with `maturin develop` (editable: python/posthoc/_posthoc.abi3.so).
+python-develop:
     #!/usr/bin/env bash
     set -euo pipefail
     venv="${POSTHOC_PYTHON_VENV:-$(pwd)/.venv-python}"
     if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
     "$venv/bin/pip" install --quiet maturin==1.16.0 pytest==9.2.0 pandas==3.1.1 numpy==2.4.6 pyarrow==26.0.1
+    (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
+
+# The Python module's pytest suite against the CLI binary (python/tests/test_torch.py
+# skips there: no torch in .venv-python; `just python-test-torch` runs it).
+python-test *ARGS: python-develop
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="${POSTHOC_PYTHON_VENV:-$(pwd)/.venv-python}"
     bin=$(cargo build --workspace --bin posthoc --message-format=json-render-diagnostics \
         | python3 -c 'import sys, json; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "posthoc"]')
-    (cd python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --quiet)
     # Any failure fails, and so does pytest's exit 5 (no tests collected).
     POSTHOC_BIN="$bin" "$venv/bin/python" -m pytest python/tests -q {{ARGS}}
+
+# posthoc.torch's tests with a torch interpreter: POSTHOC_TORCH_PYTHON (an existing venv,
+# only read: the module comes from python-develop on PYTHONPATH, and pytest, when that
+# interpreter lacks it, from .venv-python-pytest), else .venv-python-torch with CPU torch.
+python-test-torch *ARGS: python-develop
+    #!/usr/bin/env bash
+    set -euo pipefail
+    py="${POSTHOC_TORCH_PYTHON:-}"
+    if [ -z "$py" ]; then
+        venv="$(pwd)/.venv-python-torch"
+        if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+        "$venv/bin/pip" install --quiet --index-url https://download.pytorch.org/whl/cpu torch==2.15.0
+        "$venv/bin/pip" install --quiet pytest==9.2.0 numpy==2.4.6 tqdm
+        py="$venv/bin/python"
+    fi
+    "$py" -c 'import torch' || { echo "$py cannot import torch (POSTHOC_TORCH_PYTHON)" >&2; exit 1; }
+    path="$(pwd)/python"
+    if ! "$py" -c 'import pytest' 2>/dev/null; then
+        extra="$(pwd)/.venv-python-pytest"
+        [ -d "$extra/pytest" ] || "$py" -m pip install --quiet --target "$extra" pytest==9.2.0
+        path="$path:$extra"
+    fi
+    # -rs shows skips: a skip here is a failure to notice (torch imported above).
+    PYTHONPATH="$path" "$py" -m pytest python/tests/test_torch.py -q -rs -p no:cacheprovider {{ARGS}}
 
 # The Slurm template on a real local single-node cluster (root; `scripts/slurm-local.sh
 # install` first), alone and with its output (`just test` runs it too).

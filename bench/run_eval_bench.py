@@ -313,6 +313,13 @@ def print_table(results):
         print(f"  posthoc: {r['command_posthoc']}")
 
 
+def write_results(path, version, results):
+    """All measurements as JSON at `path`, with the posthoc version and the CPU count."""
+    with open(path, "w") as f:
+        json.dump({"posthoc": version, "cpus": os.cpu_count(), "results": results}, f, indent=1)
+    print(f"\nall measurements: {path}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--posthoc", required=True, help="the release posthoc binary")
@@ -362,10 +369,7 @@ def main():
         print(f"bench-eval FAILED: {e}", file=sys.stderr)
         return 1
     print_table(results)
-    path = args.results or os.path.join(args.bench_dir, "bench-eval-results.json")
-    with open(path, "w") as f:
-        json.dump({"posthoc": version, "cpus": os.cpu_count(), "results": results}, f, indent=1)
-    print(f"\nall measurements: {path}")
+    write_results(args.results or os.path.join(args.bench_dir, "bench-eval-results.json"), version, results)
     return 0
 
 

@@ -3,6 +3,7 @@
 //! engine, and the long-format rows. The CLI (`posthoc eval`) and the Python binding
 //! both call [`evaluate_cache`]; printing and writing files stay with the caller.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,6 +41,14 @@ pub enum RunError {
         method: String,
         /// What is wrong with it.
         source: EvalError,
+    },
+    /// The cache of a request could not be opened.
+    #[error("opening cache {location}: {source}")]
+    Open {
+        /// The directory or URL.
+        location: String,
+        /// Why (boxed: keeps `RunError` small).
+        source: Box<CacheError>,
     },
     /// The request does not fit the cache or names nothing to do.
     #[error("{0}")]
@@ -264,6 +273,138 @@ pub fn check_groups(
         }
     }
     Ok(())
+}
+
+/// The default share of ID-test rows held out for validation by a selection.
+pub const DEFAULT_VAL_FRACTION: &str = "0.2";
+
+/// Where the cache of a request comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheSource<'a> {
+    /// A cache the caller opened already.
+    Opened(&'a FeatureCache),
+    /// A directory or URL to open ([`FeatureCache::open_url`]); `None` = the config's
+    /// `[eval] cache`. `verify = false` skips the sha256 checks on reads.
+    Location {
+        /// The directory or URL.
+        location: Option<&'a str>,
+        /// Check each file's sha256 while reading.
+        verify: bool,
+    },
+}
+
+/// An evaluation request as the caller gives it (the CLI's flags, the Python keywords):
+/// texts parsed here, comma lists swept, plus the experiment config when one is given.
+#[derive(Debug, Default)]
+pub struct RequestArgs<'a> {
+    /// Methods, comma separated; `None` runs the config's `[[eval.run]]` sweep.
+    pub methods: Option<&'a str>,
+    /// Parameter values swept over `methods` (must be empty without them).
+    pub values: SweepValues,
+    /// The config file and its contents.
+    pub config: Option<(&'a Path, &'a ExperimentConfig)>,
+    /// OOD sets to report (default: the config's `[eval] ood`, else every OOD set).
+    pub ood: Option<Vec<String>>,
+    /// Metric convention (default: the config's `[eval] convention`, else `sklearn`).
+    pub convention: Option<&'a str>,
+    /// Selection metric (`auroc`, `fpr95`); needs `val_ood`.
+    pub select: Option<&'a str>,
+    /// The OOD set held out for validation; needs `select`.
+    pub val_ood: Option<&'a str>,
+    /// Share of ID-test rows held out for validation (default [`DEFAULT_VAL_FRACTION`]).
+    pub val_fraction: Option<&'a str>,
+}
+
+/// A request resolved against its (open) cache: the arguments of [`evaluate_cache`].
+#[derive(Debug)]
+pub struct ResolvedRequest<'a> {
+    /// The cache: the caller's, or the one opened from its location.
+    pub cache: Cow<'a, FeatureCache>,
+    /// The settings to run, in request order.
+    pub settings: Vec<Setting>,
+    /// OOD sets, convention, groups and selection.
+    pub request: EvalRequest,
+}
+
+impl ResolvedRequest<'_> {
+    /// [`evaluate_cache`] of this request.
+    pub fn evaluate(&self) -> Result<CacheEvaluation, RunError> {
+        evaluate_cache(&self.cache, &self.settings, &self.request)
+    }
+}
+
+/// Resolves `args` against the cache of `source`, the one path from flags (or keywords)
+/// and a config to what [`evaluate_cache`] runs: the settings ([`request_settings`],
+/// before the cache is opened), the convention, the cache opened (CLI wording: "opening
+/// cache LOCATION: ..."), [`check_config_fits`], the [`Selection`], the OOD sets
+/// ([`ood_sets`]) and the config's groups checked against the reported ones
+/// ([`check_groups`]).
+pub fn resolve_request<'a>(
+    args: RequestArgs<'_>,
+    source: CacheSource<'a>,
+) -> Result<ResolvedRequest<'a>, RunError> {
+    let config = args.config;
+    let settings = request_settings(args.methods, args.values, config)?;
+    let convention: Convention = args
+        .convention
+        .or(config.and_then(|(_, c)| c.eval.convention.as_deref()))
+        .unwrap_or("sklearn")
+        .parse()?;
+    let cache = match source {
+        CacheSource::Opened(cache) => Cow::Borrowed(cache),
+        CacheSource::Location { location, verify } => {
+            let location: Cow<'_, str> = match location {
+                Some(l) => Cow::Borrowed(l),
+                None => config
+                    .and_then(|(_, c)| c.eval.cache.as_deref())
+                    .map(Path::to_string_lossy)
+                    .ok_or_else(|| {
+                        RunError::Request(
+                            "no cache: give --cache DIR (Python: cache=) or a config with [eval] cache"
+                                .into(),
+                        )
+                    })?,
+            };
+            let cache =
+                FeatureCache::open_url(&location, verify).map_err(|source| RunError::Open {
+                    location: location.clone().into_owned(),
+                    source: Box::new(source),
+                })?;
+            Cow::Owned(cache)
+        }
+    };
+    if let Some((path, cfg)) = config {
+        check_config_fits(path, cfg, &cache)?;
+    }
+    let selection = Selection::from_request(
+        args.select,
+        args.val_ood,
+        args.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION),
+        &cache,
+    )?;
+    let ood_names = ood_sets(args.ood, config.map(|(_, c)| c), &cache)?;
+    let groups = match config {
+        Some((path, c)) => {
+            let reported: Vec<String> = ood_names
+                .iter()
+                .filter(|n| selection.as_ref().is_none_or(|s| s.val_ood != **n))
+                .cloned()
+                .collect();
+            check_groups(path, &c.eval.groups, &reported)?;
+            c.eval.groups.clone()
+        }
+        None => Default::default(),
+    };
+    Ok(ResolvedRequest {
+        cache,
+        settings,
+        request: EvalRequest {
+            ood_sets: ood_names,
+            convention,
+            groups,
+            selection,
+        },
+    })
 }
 
 /// `q -> percentile of all ID-train activations` from the stored grid, else exactly from

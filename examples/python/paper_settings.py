@@ -3,15 +3,20 @@
 #
 # Opens the default cache (`just setup && just precompute` writes it), runs the default
 # config's `[[eval.run]]` sweep into a DataFrame, and plots FPR95 of the DICE sparsity
-# sweep. Run as a script (`python examples/python/paper_settings.py`) or cell by cell.
+# sweep. Run as a script (`python examples/python/paper_settings.py [CACHE]`, from anywhere)
+# or cell by cell from the repository root.
 
 # %%
 import sys
+from pathlib import Path
 
 import posthoc
 
-CONFIG = "configs/cifar10-densenet100.toml"
-cache_dir = sys.argv[1] if len(sys.argv) > 1 else "out/cifar10-densenet100"
+# The repository root: two levels above this file, or the working directory in a notebook.
+ROOT = Path(__file__).resolve().parents[2] if "__file__" in globals() else Path.cwd()
+CONFIG = ROOT / "configs" / "cifar10-densenet100.toml"
+OUT = ROOT / "out"
+cache_dir = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else OUT / "cifar10-densenet100"
 cache = posthoc.open(cache_dir)
 print(cache)
 
@@ -31,5 +36,6 @@ for name, part in sweep.groupby("ood_set"):
 ax.set(xlabel="DICE sparsity p (%)", ylabel="FPR95 (%)", title=cache.manifest["model"]["id"])
 ax.legend(fontsize=7)
 fig.tight_layout()
-fig.savefig("out/dice-sweep.png", dpi=150)
-print("wrote out/dice-sweep.png")
+OUT.mkdir(exist_ok=True)
+fig.savefig(OUT / "dice-sweep.png", dpi=150)
+print(f"wrote {OUT / 'dice-sweep.png'}")

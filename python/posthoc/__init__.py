@@ -143,10 +143,16 @@ class Cache:
 
 
 def open(path, verify: bool = True) -> Cache:  # noqa: A001 - the package's entry point
-    """Opens the finished cache at ``path`` (a directory).
+    """Opens the finished cache at ``path``: a directory or a URL.
 
-    ``verify=False`` skips the sha256 checks on reads (sizes, schemas, dims and values are
-    still checked). Raises :class:`CacheError` when the directory is not a finished cache.
+    URLs are those of ``posthoc eval --cache``: ``file://``, ``s3://bucket/prefix``,
+    ``gs://``, ``az://`` and read-only ``http(s)://``, with the stores' usual environment
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). A remote cache is
+    downloaded once into the local content-addressed store (``$POSTHOC_CACHE_DIR``,
+    default ``~/.cache/posthoc``; each file's sha256 checked on arrival) and read from
+    there (``Cache.path``). ``verify=False`` skips the sha256 checks on reads (sizes,
+    schemas, dims and values are still checked). Raises :class:`CacheError` when the
+    location is not a finished cache.
     """
     cache = Cache(open_cache(os.fspath(path), verify))
     cache._verify = verify
@@ -192,6 +198,9 @@ def evaluate(
     config=None,
     ood=None,
     convention=None,
+    select=None,
+    val_ood=None,
+    val_fraction=None,
     scores: bool = False,
     verify: bool = True,
     as_: str = "pandas",
@@ -199,12 +208,15 @@ def evaluate(
 ):
     """Runs ``posthoc eval`` on ``cache`` and returns its ``--json`` rows as a DataFrame.
 
-    ``cache``: a :class:`Cache` or a path (default: the config's ``[eval] cache``).
+    ``cache``: a :class:`Cache`, a path or a URL (default: the config's ``[eval] cache``).
     ``method``: a name or list (``"dice"``, ``["energy", "react"]``); keyword parameters
     are swept like the CLI's flags, as numbers, lists or CLI strings: ``p=[0, 50, 90]``,
     ``clip="p90"``, ``temperature=1``, ``p_a=..., p_w=...``. Without ``method``,
     ``config="configs/x.toml"`` runs its ``[[eval.run]]`` sweep. ``ood``: OOD sets to
-    report; ``convention``: ``"sklearn"`` (default) or ``"dice"``.
+    report; ``convention``: ``"sklearn"`` (default), ``"dice"`` or ``"openood"``.
+    ``select="auroc"`` (or ``"fpr95"``) with ``val_ood=SET`` picks each method's best
+    setting on that OOD set and a held-out ``val_fraction`` (default 0.2) of the ID-test
+    rows, as ``posthoc eval --select``: the rows then carry ``selected``.
 
     One row per (method, params, OOD set) plus an ``average`` row per setting, columns
     ``method``, the parameters, ``id_set``, ``ood_set``, ``n_id``, ``n_ood``, ``fpr95``,
@@ -222,11 +234,16 @@ def evaluate(
     raw = cache._raw if cache is not None else None
     rows, per_setting = _evaluate(
         raw,
+        None,
+        verify,
         method,
         {k: _cli_list(v) for k, v in params.items()},
         os.fspath(config) if config is not None else None,
         list(ood) if ood is not None else None,
         convention,
+        select,
+        val_ood,
+        None if val_fraction is None else _cli_list(val_fraction),
         scores,
     )
     frame = _frame(json.loads(rows), as_)

@@ -13,12 +13,8 @@ use std::path::{Path, PathBuf};
 
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use posthoc::config::ExperimentConfig;
-use posthoc::eval::Convention;
 use posthoc::eval::sweep::{Param, SweepValues};
-use posthoc::evaluate::{
-    EvalRequest, RunError, check_config_fits, check_groups, evaluate_cache, ood_sets,
-    request_settings,
-};
+use posthoc::evaluate::{CacheSource, RequestArgs, RunError, resolve_request};
 use posthoc_cache::{
     CacheWriter, FeatureCache, Head, ManifestInit, ModelInfo, PARTIAL_DIR, ResumePoint, Role,
     SplitData, SplitWriter, ToolInfo, WriterOptions, logits_from_head,
@@ -54,7 +50,7 @@ fn cache_err(e: posthoc_cache::CacheError) -> PyErr {
 /// (methods, parameters, conventions, configs that do not fit) `ValueError`.
 fn run_err(e: RunError) -> PyErr {
     match e {
-        RunError::Cache(e) => cache_err(e),
+        RunError::Cache(_) | RunError::Open { .. } => CacheError::new_err(e.to_string()),
         other => PyValueError::new_err(other.to_string()),
     }
 }
@@ -173,87 +169,68 @@ impl RawCache {
     }
 }
 
-/// Opens the finished cache at `path` (errors as `posthoc eval` words them).
+/// Opens the finished cache at `location`, a directory or a URL (`file://`, `s3://`,
+/// `gs://`, `az://`, `http(s)://`: a remote cache is downloaded once into the local
+/// content-addressed store first); errors as `posthoc eval` words them.
 #[pyfunction]
-#[pyo3(signature = (path, verify = true))]
-fn open_cache(py: Python<'_>, path: PathBuf, verify: bool) -> PyResult<RawCache> {
-    let inner = py.detach(|| open_dir(&path, verify))?;
+#[pyo3(signature = (location, verify = true))]
+fn open_cache(py: Python<'_>, location: String, verify: bool) -> PyResult<RawCache> {
+    let inner = py.detach(|| open_location(&location, verify))?;
     Ok(RawCache { inner })
 }
 
-/// Opens `dir` with the CLI's error context.
-fn open_dir(dir: &Path, verify: bool) -> PyResult<FeatureCache> {
-    FeatureCache::open_with(dir, verify)
-        .map_err(|e| CacheError::new_err(format!("opening cache {}: {e}", dir.display())))
+/// Opens `location` (a directory or URL) with the CLI's error context.
+fn open_location(location: &str, verify: bool) -> PyResult<FeatureCache> {
+    FeatureCache::open_url(location, verify)
+        .map_err(|e| CacheError::new_err(format!("opening cache {location}: {e}")))
 }
 
-/// What `posthoc eval` computes for one request, through the same library calls:
-/// returns the long-format rows as JSON text (the `--json` rows) and, with `scores`,
-/// one dict per setting (`method`, `params` JSON, `id` scores, `ood` name -> scores).
+/// What `posthoc eval` computes for one request, through the same library calls
+/// ([`resolve_request`], then [`evaluate_cache`]): returns the long-format rows as JSON
+/// text (the `--json` rows) and, with `scores`, one dict per setting (`method`, `params`
+/// JSON, `id` scores, `ood` name -> scores).
 #[pyfunction]
-#[pyo3(signature = (cache=None, method=None, params=HashMap::new(), config=None, ood=None, convention=None, scores=false))]
+#[pyo3(signature = (cache=None, location=None, verify=true, method=None, params=HashMap::new(), config=None, ood=None, convention=None, select=None, val_ood=None, val_fraction=None, scores=false))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
     cache: Option<&RawCache>,
+    location: Option<String>,
+    verify: bool,
     method: Option<String>,
     params: HashMap<String, String>,
     config: Option<PathBuf>,
     ood: Option<Vec<String>>,
     convention: Option<String>,
+    select: Option<String>,
+    val_ood: Option<String>,
+    val_fraction: Option<String>,
     scores: bool,
 ) -> PyResult<(String, Option<Bound<'py, PyList>>)> {
     let config = config
         .map(|p| ExperimentConfig::load(&p).map(|c| (p, c)))
         .transpose()
         .map_err(value_err)?;
-    let settings = request_settings(
-        method.as_deref(),
-        sweep_values(&params)?,
-        config.as_ref().map(|(p, c)| (p.as_path(), c)),
-    )
-    .map_err(run_err)?;
-    let convention: Convention = convention
-        .as_deref()
-        .or(config
-            .as_ref()
-            .and_then(|(_, c)| c.eval.convention.as_deref()))
-        .unwrap_or("sklearn")
-        .parse()
-        .map_err(value_err)?;
-    let opened;
-    let cache = match cache {
-        Some(c) => &c.inner,
-        None => {
-            let dir = config
-                .as_ref()
-                .and_then(|(_, c)| c.eval.cache.clone())
-                .ok_or_else(|| {
-                    value_err("no cache: give cache= (or a config with [eval] cache)")
-                })?;
-            opened = py.detach(|| open_dir(&dir, true))?;
-            &opened
-        }
+    let values = sweep_values(&params)?;
+    let args = RequestArgs {
+        methods: method.as_deref(),
+        values,
+        config: config.as_ref().map(|(p, c)| (p.as_path(), c)),
+        ood,
+        convention: convention.as_deref(),
+        select: select.as_deref(),
+        val_ood: val_ood.as_deref(),
+        val_fraction: val_fraction.as_deref(),
     };
-    if let Some((path, cfg)) = &config {
-        check_config_fits(path, cfg, cache).map_err(run_err)?;
-    }
-    let ood_names = ood_sets(ood, config.as_ref().map(|(_, c)| c), cache).map_err(run_err)?;
-    let groups = match &config {
-        Some((path, c)) => {
-            check_groups(path, &c.eval.groups, &ood_names).map_err(run_err)?;
-            c.eval.groups.clone()
-        }
-        None => Default::default(),
-    };
-    let request = EvalRequest {
-        ood_sets: ood_names.clone(),
-        convention,
-        groups,
-        selection: None,
+    let source = match cache {
+        Some(c) => CacheSource::Opened(&c.inner),
+        None => CacheSource::Location {
+            location: location.as_deref(),
+            verify,
+        },
     };
     let evaluation = py
-        .detach(|| evaluate_cache(cache, &settings, &request))
+        .detach(|| resolve_request(args, source)?.evaluate())
         .map_err(run_err)?;
     let rows = serde_json::to_string(&evaluation.rows).map_err(value_err)?;
     if !scores {
@@ -269,7 +246,7 @@ fn evaluate<'py>(
         )?;
         d.set_item("id", r.id.scores.into_pyarray(py))?;
         let ood = PyDict::new(py);
-        for (name, s) in ood_names.iter().zip(r.ood) {
+        for (name, s) in evaluation.ood_sets.iter().zip(r.ood) {
             ood.set_item(name, s.scores.into_pyarray(py))?;
         }
         d.set_item("ood", ood)?;

@@ -83,3 +83,17 @@ def test_unknown_parameter_names_the_known_ones(small_cache):
         posthoc.evaluate(small_cache, method="dice", q=[1])
     with pytest.raises(ValueError, match="as_="):
         posthoc.evaluate(small_cache, method="msp", as_="excel")
+
+
+def test_selection_equals_the_cli(small_cache, posthoc_bin, tmp_path):
+    want = cli_rows(posthoc_bin, tmp_path, "--cache", small_cache, "--method", "dice,react",
+                    "--p", "0,70,90", "--clip", "p90,1.0", "--select", "auroc", "--val-ood", "isun",
+                    "--val-fraction", "0.25")
+    got = posthoc.evaluate(small_cache, method=["dice", "react"], p=[0, 70, 90], clip=["p90", 1.0],
+                           select="auroc", val_ood="isun", val_fraction=0.25, as_="records")
+    assert_same_rows(got, want)
+    assert [r["selected"] for r in got] == [r["selected"] for r in want]
+    assert {r["ood_set"] for r in got} == {"mnist", "tinyimagenet", "average"}
+    assert sum(r["selected"] for r in got) == 2 * 3  # one setting per method, 3 rows each
+    with pytest.raises(ValueError, match="--select needs --val-ood"):
+        posthoc.evaluate(small_cache, method="dice", select="auroc")

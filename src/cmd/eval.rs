@@ -7,14 +7,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use posthoc::config::ExperimentConfig;
-use posthoc::eval::Convention;
 use posthoc::eval::sweep::{Param, SweepValues};
-use posthoc::evaluate::{
-    EvalRequest, Selection, check_config_fits, check_groups, evaluate_cache, ood_sets,
-    request_settings,
-};
+use posthoc::evaluate::{CacheSource, DEFAULT_VAL_FRACTION, RequestArgs, resolve_request};
 use posthoc::report::{self, EvalRow};
-use posthoc_cache::FeatureCache;
 use tracing::info;
 
 /// `posthoc eval` arguments. Comma lists sweep (cartesian product).
@@ -92,7 +87,7 @@ pub struct EvalArgs {
     #[arg(long = "val-ood")]
     val_ood: Option<String>,
     /// Share of the ID test rows held out for validation (seeded), in (0, 1).
-    #[arg(long = "val-fraction", default_value = "0.2")]
+    #[arg(long = "val-fraction", default_value = DEFAULT_VAL_FRACTION)]
     val_fraction: String,
     /// Skip the sha256 checks while reading (sizes, schemas, dims, values are still checked).
     #[arg(long)]
@@ -132,55 +127,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     for (param, text) in flag_values(&args) {
         values.set(param, text)?;
     }
-    let settings = request_settings(
-        args.method.as_deref(),
-        values,
-        config.as_ref().map(|(p, c)| (p.as_path(), c)),
+    let location = args.cache.as_ref().map(|p| p.to_string_lossy());
+    let resolved = resolve_request(
+        RequestArgs {
+            methods: args.method.as_deref(),
+            values,
+            config: config.as_ref().map(|(p, c)| (p.as_path(), c)),
+            ood: args.ood.clone(),
+            convention: args.convention.as_deref(),
+            select: args.select.as_deref(),
+            val_ood: args.val_ood.as_deref(),
+            val_fraction: Some(&args.val_fraction),
+        },
+        CacheSource::Location {
+            location: location.as_deref(),
+            verify: !args.no_verify,
+        },
     )?;
-    let cache_dir = args
-        .cache
-        .clone()
-        .or_else(|| config.as_ref().and_then(|(_, c)| c.eval.cache.clone()))
-        .context("no cache: give --cache DIR (or a config with [eval] cache)")?;
-    let convention: Convention = args
-        .convention
-        .as_deref()
-        .or(config
-            .as_ref()
-            .and_then(|(_, c)| c.eval.convention.as_deref()))
-        .unwrap_or("sklearn")
-        .parse()?;
-    let cache = FeatureCache::open_url(&cache_dir.to_string_lossy(), !args.no_verify)
-        .with_context(|| format!("opening cache {}", cache_dir.display()))?;
-    if let Some((path, cfg)) = &config {
-        check_config_fits(path, cfg, &cache)?;
-    }
-    let selection = Selection::from_request(
-        args.select.as_deref(),
-        args.val_ood.as_deref(),
-        &args.val_fraction,
-        &cache,
-    )?;
-    let ood_names = ood_sets(args.ood.clone(), config.as_ref().map(|(_, c)| c), &cache)?;
-    let groups = match &config {
-        Some((path, c)) => {
-            let reported: Vec<String> = ood_names
-                .iter()
-                .filter(|n| selection.as_ref().is_none_or(|s| s.val_ood != **n))
-                .cloned()
-                .collect();
-            check_groups(path, &c.eval.groups, &reported)?;
-            c.eval.groups.clone()
-        }
-        None => Default::default(),
-    };
-    let request = EvalRequest {
-        ood_sets: ood_names,
-        convention,
-        groups,
-        selection,
-    };
-    let evaluation = evaluate_cache(&cache, &settings, &request)?;
+    let evaluation = resolved.evaluate()?;
+    let request = &resolved.request;
     let rows = &evaluation.rows;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
