@@ -171,9 +171,14 @@ fuzz seconds="60":
     set -euo pipefail
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.1
     cd cache/fuzz
+    mkdir -p corpus/manifest corpus/open_cache
+    # Seeds for open_cache: every file x every mode, at a few offsets, with a few bytes.
+    for f in 0 1 2 3 4 5 6; do for mode in 0 1 2 4 5 6; do for off in 0 4 200 4000; do
+      python3 -c 'import sys, struct; f, m, o = map(int, sys.argv[1:]); sys.stdout.buffer.write(bytes([f, m]) + struct.pack("<I", o) + b"\xff\x00PAR1")' \
+        "$f" "$mode" "$off" > "corpus/open_cache/seed-$f-$mode-$off"
+    done; done; done
     for t in manifest open_cache; do
-      mkdir -p "corpus/$t"
-      cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time={{seconds}} -rss_limit_mb=2048 -timeout=10
+      cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time={{seconds}} -max_len=4096 -rss_limit_mb=2048 -timeout=10
     done
 
 # ImageNet-size streaming: (a) finish a cache whose train split is ROWS x M (default
