@@ -34,6 +34,16 @@ pub enum CacheError {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// Writing `file` failed (disk full, I/O error while encoding); the partial file is
+    /// removed and nothing refers to it.
+    #[error("{file}: writing failed: {source}")]
+    WriteFailed {
+        /// The file being written.
+        file: PathBuf,
+        /// The encoder's (or the file system's) error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     /// An Arrow-level error while decoding (or building) the columns of `file`.
     #[error("{file}: cannot decode: {source}")]
     Arrow {

@@ -103,11 +103,13 @@ impl FileSummary {
     }
 }
 
-/// An Arrow writer whose bytes go through sha256 into `<path>.tmp`.
+/// An Arrow writer whose bytes go through sha256 into `<path>.tmp`; the temporary file is
+/// removed when the writer is dropped before [`AtomicParquet::commit`] (a failed write
+/// leaves nothing behind, and frees the space it took).
 struct AtomicParquet {
     path: PathBuf,
     tmp: PathBuf,
-    writer: ArrowWriter<HashingWriter<File>>,
+    writer: Option<ArrowWriter<HashingWriter<File>>>,
     rows: u64,
 }
 
@@ -115,48 +117,65 @@ impl AtomicParquet {
     fn create(path: &Path, schema: SchemaRef, props: WriterProperties) -> Result<AtomicParquet> {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let writer = ArrowWriter::try_new(HashingWriter::new(file), schema, Some(props)).map_err(
-            |source| CacheError::Corrupt {
-                file: tmp.clone(),
-                source,
-            },
-        )?;
-        Ok(AtomicParquet {
+        let mut w = AtomicParquet {
             path: path.to_path_buf(),
             tmp,
-            writer,
+            writer: None,
             rows: 0,
-        })
+        };
+        let writer = ArrowWriter::try_new(HashingWriter::new(file), schema, Some(props))
+            .map_err(|source| w.failed(source))?;
+        w.writer = Some(writer);
+        Ok(w)
+    }
+
+    fn failed(&self, source: parquet::errors::ParquetError) -> CacheError {
+        CacheError::WriteFailed {
+            file: self.tmp.clone(),
+            source,
+        }
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .map_err(|source| CacheError::Corrupt {
-                file: self.tmp.clone(),
-                source,
-            })
+        let result = self
+            .writer
+            .as_mut()
+            .expect("open until commit")
+            .write(batch);
+        result.map_err(|source| self.failed(source))
     }
 
     /// Writes the footer, fsyncs, renames into place.
-    fn commit(self) -> Result<FileSummary> {
-        let hashing = self
-            .writer
-            .into_inner()
-            .map_err(|source| CacheError::Corrupt {
-                file: self.tmp.clone(),
-                source,
-            })?;
+    fn commit(mut self) -> Result<FileSummary> {
+        let writer = self.writer.take().expect("open until commit");
+        let hashing = match writer.into_inner() {
+            Ok(h) => h,
+            Err(source) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                return Err(self.failed(source));
+            }
+        };
         let (file, sha256, bytes) = hashing.finish();
-        file.sync_all().map_err(io_err(&self.tmp))?;
+        let synced = file.sync_all().map_err(io_err(&self.tmp));
         drop(file);
-        commit_tmp(&self.tmp, &self.path)?;
+        if let Err(e) = synced.and_then(|()| commit_tmp(&self.tmp, &self.path)) {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(FileSummary {
             sha256,
             bytes,
             rows: self.rows,
         })
+    }
+}
+
+impl Drop for AtomicParquet {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -270,7 +289,7 @@ impl CacheWriter {
         {
             return Err(CacheError::InvalidInput {
                 context: dir.display().to_string(),
-                reason: "directory is not empty (use CacheWriter::open_resume to continue a write)"
+                reason: "directory is not empty (an unfinished write is continued by running the command that started it again; to start over, choose a new directory or remove this one)"
                     .into(),
             });
         }
