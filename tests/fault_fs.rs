@@ -66,17 +66,13 @@ impl Drop for Tmpfs {
     }
 }
 
-fn import_args<'a>(fixture: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "cache",
-        "import-npy",
-        "--from",
-        fixture.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--model-id",
-        "densenet-bc-100-cifar10-dice",
-    ]
+/// The import of the `posthoc-small` fixture into `out`.
+fn import_args(fixture: &Path, out: &Path) -> Vec<String> {
+    common::import_args(fixture, out, "densenet-bc-100-cifar10-dice")
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// The `error:` lines of a run that must fail.
@@ -115,7 +111,7 @@ fn a_full_disk_is_named_leaves_nothing_accepted_and_a_rerun_completes() {
         return;
     };
     let out = fs.path().join("cache");
-    let err = error_lines(&import_args(&fixture, &out));
+    let err = error_lines(&strs(&import_args(&fixture, &out)));
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains(out.to_str().unwrap()), "names no file: {err}");
     assert!(err.contains("writing failed"), "{err}");
@@ -131,10 +127,10 @@ fn a_full_disk_is_named_leaves_nothing_accepted_and_a_rerun_completes() {
     assert!(refused.contains("no manifest.json"), "{refused}");
     // The unfinished directory is not silently overwritten; a fresh one completes.
     fs.remount("size=64m");
-    let again = error_lines(&import_args(&fixture, &out));
+    let again = error_lines(&strs(&import_args(&fixture, &out)));
     assert!(again.contains("directory is not empty"), "{again}");
     let fresh = fs.path().join("cache2");
-    ok(&import_args(&fixture, &fresh));
+    ok(&strs(&import_args(&fixture, &fresh)));
     ok(&["cache", "verify", fresh.to_str().unwrap()]);
 }
 
@@ -147,7 +143,7 @@ fn a_read_only_target_is_named_and_nothing_is_written() {
         return;
     };
     let out = fs.path().join("cache");
-    let err = error_lines(&import_args(&fixture, &out));
+    let err = error_lines(&strs(&import_args(&fixture, &out)));
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(err.contains(out.to_str().unwrap()), "names no path: {err}");
     assert!(files(fs.path()).is_empty());

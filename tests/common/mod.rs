@@ -90,19 +90,32 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// `posthoc cache import-npy` of the fixture `fixture` into `out` as model `model_id`,
-/// with `extra` arguments; returns `out`.
-pub fn import_npy(fixture: &Path, out: PathBuf, model_id: &str, extra: &[&str]) -> PathBuf {
-    let mut args = vec![
+/// The arguments of `posthoc cache import-npy` of the fixture `fixture` into `out` as
+/// model `model_id`.
+pub fn import_args(fixture: &Path, out: &Path, model_id: &str) -> Vec<String> {
+    [
         "cache",
         "import-npy",
         "--from",
-        fixture.to_str().unwrap(),
+        path_str(fixture),
         "--out",
-        out.to_str().unwrap(),
-        "--model-id",
-        model_id,
-    ];
+        path_str(out),
+    ]
+    .into_iter()
+    .chain(["--model-id", model_id])
+    .map(str::to_owned)
+    .collect()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `posthoc cache import-npy` of the fixture `fixture` into `out` as model `model_id`,
+/// with `extra` arguments; returns `out`.
+pub fn import_npy(fixture: &Path, out: PathBuf, model_id: &str, extra: &[&str]) -> PathBuf {
+    let args = import_args(fixture, &out, model_id);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     ok(&args);
     out
