@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok, posthoc, posthoc_small};
+use common::{ok, posthoc, posthoc_small, the_error_line};
 
 /// A tmpfs mounted on a temporary directory with `options`; unmounted on drop.
 struct Tmpfs {
@@ -75,14 +75,9 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// The `error:` lines of a run that must fail.
+/// The one `error:` line of a run that must fail.
 fn error_lines(args: &[&str]) -> String {
-    let out = posthoc(args);
-    assert!(!out.status.success(), "posthoc {args:?} succeeded");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
-    errors[0].to_string()
+    the_error_line(args, posthoc(args))
 }
 
 /// Every file below `dir` (relative paths).

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, import_npy, moto_python, posthoc_small, repo};
+use common::{BIN, import_npy, moto_python, posthoc_small, repo, the_error_line};
 
 const BUCKET: &str = "posthoc-test";
 
@@ -99,12 +99,7 @@ impl S3 {
 
     /// The `error:` line of a run that must fail (there must be exactly one).
     fn fails(&self, args: &[&str], downloads: &Path, env: &[(&str, &str)]) -> String {
-        let out = self.posthoc(args, downloads, env);
-        assert!(!out.status.success(), "posthoc {args:?} succeeded");
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
-        errors[0].to_string()
+        the_error_line(args, self.posthoc(args, downloads, env))
     }
 
     /// Runs a boto3 snippet against the server (`s3` is a signed client, `B` the bucket).

@@ -111,6 +111,16 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
+/// The one `error:` line of `out`, the output of `posthoc args`, which must have failed
+/// with exactly one such line.
+pub fn the_error_line(args: &[&str], out: Output) -> String {
+    assert!(!out.status.success(), "posthoc {args:?} succeeded");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    errors[0].to_string()
+}
+
 /// `posthoc cache import-npy` of the fixture `fixture` into `out` as model `model_id`,
 /// with `extra` arguments; returns `out`.
 pub fn import_npy(fixture: &Path, out: PathBuf, model_id: &str, extra: &[&str]) -> PathBuf {
