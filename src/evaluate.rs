@@ -14,7 +14,7 @@ use tracing::info;
 use indexmap::IndexMap;
 
 use crate::config::{ExperimentConfig, RunSection};
-use crate::eval::engine::{EvalInputs, Evaluation, ScoreSet, evaluate, needs_train};
+use crate::eval::engine::{EvalInputs, Evaluation, Plan, ScoreSet, needs_train};
 use crate::eval::methods::TrainSet;
 use crate::eval::select::{SelectMetric, ValFraction, best_per_method};
 use crate::eval::sweep::{MethodName, Setting, SweepSpec, SweepValues};
@@ -547,6 +547,8 @@ pub fn evaluate_cache(
     let head64 = Head64::from_f32(head.weight.view(), head.bias.view())?;
     let labels: Vec<i64> = splits[0].labels.iter().map(|&l| i64::from(l)).collect();
     let percentile = train_percentile_fn(cache, &stats);
+    // Scoring reads no ID-train rows: the plan holds every fit, so the split is freed
+    // before the scoring passes (at ImageNet size it is a third of the scored bytes).
     let inputs = EvalInputs {
         head: &head64,
         train_mean: stats.mean.view(),
@@ -565,17 +567,18 @@ pub fn evaluate_cache(
                 features: s.features.view(),
             })
             .collect(),
-        train: train.as_ref().map(|(split, labels)| TrainSet {
+        train: None,
+    };
+    let plan = Plan::new(
+        &inputs.with_train(train.as_ref().map(|(split, labels)| TrainSet {
             features: split.features.view(),
             labels,
-        }),
-    };
+        })),
+        settings,
+    )?;
+    drop(train);
     let (results, n_id, selected) = match selection {
-        None => (
-            evaluate(&inputs, settings, convention)?,
-            splits[0].rows(),
-            None,
-        ),
+        None => (plan.evaluate(&inputs, convention)?, splits[0].rows(), None),
         Some(sel) => {
             let (val_rows, test_rows) = sel.fraction.split(splits[0].rows())?;
             let pick = |rows: &[usize]| {
@@ -586,7 +589,7 @@ pub fn evaluate_cache(
             };
             let ((val_f, val_l), (test_f, test_l)) = (pick(&val_rows), pick(&test_rows));
             let val_split = splits.last().expect("the validation OOD set was read");
-            let validation = evaluate(
+            let validation = plan.evaluate(
                 &EvalInputs {
                     id: ScoreSet {
                         name: &id_name,
@@ -599,7 +602,6 @@ pub fn evaluate_cache(
                     }],
                     ..inputs
                 },
-                settings,
                 convention,
             )?;
             let chosen = best_per_method(&validation, sel.metric);
@@ -608,7 +610,7 @@ pub fn evaluate_cache(
                 val_ood = %sel.val_ood,
                 "selected on the validation split"
             );
-            let tested = evaluate(
+            let tested = plan.evaluate(
                 &EvalInputs {
                     id: ScoreSet {
                         name: &id_name,
@@ -617,7 +619,6 @@ pub fn evaluate_cache(
                     id_labels: &test_l,
                     ..inputs
                 },
-                settings,
                 convention,
             )?;
             (tested, test_rows.len(), Some(chosen))

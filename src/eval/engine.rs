@@ -57,6 +57,27 @@ pub struct EvalInputs<'a> {
     pub train: Option<TrainSet<'a>>,
 }
 
+impl<'a> EvalInputs<'a> {
+    /// The same inputs with `train` as the ID-train split: for [`Plan::new`] with a split
+    /// whose borrow ends before scoring (`..self` would tie both to one lifetime).
+    pub fn with_train<'t>(&'t self, train: Option<TrainSet<'t>>) -> EvalInputs<'t> {
+        let set = |s: &'t ScoreSet<'a>| ScoreSet {
+            name: s.name,
+            features: s.features.reborrow(),
+        };
+        EvalInputs {
+            head: self.head,
+            train_mean: self.train_mean.reborrow(),
+            class_means: self.class_means.reborrow(),
+            train_percentile: self.train_percentile,
+            id: set(&self.id),
+            id_labels: self.id_labels,
+            ood: self.ood.iter().map(set).collect(),
+            train,
+        }
+    }
+}
+
 /// Whether any of `settings` fits on the ID-train features (so the caller reads them).
 pub fn needs_train(settings: &[Setting]) -> bool {
     settings.iter().any(|s| s.method().method().needs_train())
@@ -141,8 +162,11 @@ struct Source {
     score: usize,
 }
 
-/// The masks and passes a list of settings needs.
-struct Plan {
+/// The masks, fits and passes a list of settings needs: everything fitted on the ID-train
+/// split is held here, so a caller can free that split once the plan is made and score
+/// any number of sets (e.g. a validation and a test split) with one plan.
+pub struct Plan {
+    settings: Vec<Setting>,
     dice: Vec<DiceMask>,
     passes: Vec<Pass>,
     sources: Vec<Source>,
@@ -151,7 +175,9 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(inputs: &EvalInputs, settings: &[Setting]) -> Result<Self, EvalError> {
+    /// Plans `settings`: each method fits on `inputs.train` once per fit key, DICE masks
+    /// and clips are resolved. Nothing is scored yet.
+    pub fn new(inputs: &EvalInputs, settings: &[Setting]) -> Result<Self, EvalError> {
         let head = inputs.head;
         // Each method plans its setting, fitting once per fit key.
         let mut ctx = FitContext::new(inputs);
@@ -286,6 +312,7 @@ impl Plan {
             sources.push(source);
         }
         Ok(Plan {
+            settings: settings.to_vec(),
             dice,
             passes,
             sources,
@@ -331,62 +358,76 @@ pub fn evaluate(
     settings: &[Setting],
     convention: Convention,
 ) -> Result<Vec<Evaluation>, EvalError> {
-    let plan = Plan::new(inputs, settings)?;
-    tracing::debug!(passes = plan.passes.len(), fits = plan.fits, "planned");
-    // Masked heads only for the masks that dense passes use (swept masks need none).
-    let dice_heads: Vec<Option<Head64>> = (0..plan.dice.len())
-        .into_par_iter()
-        .map(|i| {
-            let used = plan
-                .passes
-                .iter()
-                .any(|p| matches!(p, Pass::Linear { head: LinearHead::Dice(j), .. } if *j == i));
-            used.then(|| plan.dice[i].apply(inputs.head))
-        })
-        .collect();
-    let sets: Vec<ScoreSet> = std::iter::once(inputs.id)
-        .chain(inputs.ood.iter().copied())
-        .collect();
-    let jobs: Vec<(usize, usize)> = (0..plan.passes.len())
-        .flat_map(|p| (0..sets.len()).map(move |s| (p, s)))
-        .collect();
-    let done: Vec<Vec<Scored>> = jobs
-        .par_iter()
-        .map(|&(p, s)| plan.run(inputs, &dice_heads, p, sets[s].features))
-        .collect::<Result<_, _>>()?;
-    // Settings may share a score (e.g. `dice p=0` and `energy T=1`), so scores are cloned.
-    let scored = |src: &Source, set: usize| done[src.pass * sets.len() + set][src.score].clone();
-    let per_setting: Vec<(Scored, Vec<Scored>)> = plan
-        .sources
-        .iter()
-        .map(|src| {
-            (
-                scored(src, 0),
-                (1..sets.len()).map(|s| scored(src, s)).collect(),
-            )
-        })
-        .collect();
-    settings
-        .par_iter()
-        .zip(per_setting)
-        .zip(&plan.clips)
-        .map(|((setting, (id, ood)), clip)| {
-            let id_sorted = SortedScores::new("ID scores", &id.scores)?;
-            let metrics = ood
-                .par_iter()
-                .map(|o| {
-                    let ood_sorted = SortedScores::new("OOD scores", &o.scores)?;
-                    Ok(metrics_sorted(&id_sorted, &ood_sorted, convention))
-                })
-                .collect::<Result<Vec<_>, EvalError>>()?;
-            Ok(Evaluation {
-                setting: *setting,
-                params: setting.params_json(*clip),
-                id_accuracy: id_accuracy(&id.predicted, inputs.id_labels)?,
-                id,
-                ood,
-                metrics,
+    Plan::new(inputs, settings)?.evaluate(inputs, convention)
+}
+
+impl Plan {
+    /// Scores the planned settings on `inputs`' ID test set and OOD sets and computes
+    /// their metrics in `convention`, in the order of the settings. `inputs.train` is not
+    /// read (the fits are the plan's).
+    pub fn evaluate(
+        &self,
+        inputs: &EvalInputs,
+        convention: Convention,
+    ) -> Result<Vec<Evaluation>, EvalError> {
+        let plan = self;
+        let settings = &plan.settings[..];
+        tracing::debug!(passes = plan.passes.len(), fits = plan.fits, "planned");
+        // Masked heads only for the masks that dense passes use (swept masks need none).
+        let dice_heads: Vec<Option<Head64>> = (0..plan.dice.len())
+            .into_par_iter()
+            .map(|i| {
+                let used = plan.passes.iter().any(
+                    |p| matches!(p, Pass::Linear { head: LinearHead::Dice(j), .. } if *j == i),
+                );
+                used.then(|| plan.dice[i].apply(inputs.head))
             })
-        })
-        .collect()
+            .collect();
+        let sets: Vec<ScoreSet> = std::iter::once(inputs.id)
+            .chain(inputs.ood.iter().copied())
+            .collect();
+        let jobs: Vec<(usize, usize)> = (0..plan.passes.len())
+            .flat_map(|p| (0..sets.len()).map(move |s| (p, s)))
+            .collect();
+        let done: Vec<Vec<Scored>> = jobs
+            .par_iter()
+            .map(|&(p, s)| plan.run(inputs, &dice_heads, p, sets[s].features))
+            .collect::<Result<_, _>>()?;
+        // Settings may share a score (e.g. `dice p=0` and `energy T=1`), so scores are cloned.
+        let scored =
+            |src: &Source, set: usize| done[src.pass * sets.len() + set][src.score].clone();
+        let per_setting: Vec<(Scored, Vec<Scored>)> = plan
+            .sources
+            .iter()
+            .map(|src| {
+                (
+                    scored(src, 0),
+                    (1..sets.len()).map(|s| scored(src, s)).collect(),
+                )
+            })
+            .collect();
+        settings
+            .par_iter()
+            .zip(per_setting)
+            .zip(&plan.clips)
+            .map(|((setting, (id, ood)), clip)| {
+                let id_sorted = SortedScores::new("ID scores", &id.scores)?;
+                let metrics = ood
+                    .par_iter()
+                    .map(|o| {
+                        let ood_sorted = SortedScores::new("OOD scores", &o.scores)?;
+                        Ok(metrics_sorted(&id_sorted, &ood_sorted, convention))
+                    })
+                    .collect::<Result<Vec<_>, EvalError>>()?;
+                Ok(Evaluation {
+                    setting: *setting,
+                    params: setting.params_json(*clip),
+                    id_accuracy: id_accuracy(&id.predicted, inputs.id_labels)?,
+                    id,
+                    ood,
+                    metrics,
+                })
+            })
+            .collect()
+    }
 }

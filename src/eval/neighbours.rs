@@ -18,16 +18,32 @@ fn merge_top(top: &mut Vec<f64>, values: impl Iterator<Item = f64>, k: usize) {
     }
 }
 
+/// Per bank row `j`, the map from the similarity `g = q . b_j` to the value ranked:
+/// `scale_j * g + bias_j` (KNN: `2 g - |b_j|^2`; NNGuide: `energy_j * g`), so methods
+/// with different weightings share one bank matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowAffine {
+    /// `scale_j`, one per bank row.
+    pub scale: Vec<f64>,
+    /// `bias_j`, one per bank row.
+    pub bias: Vec<f64>,
+}
+
 /// For each query row `q` (rows of `queries`, `f64`, one block: callers parallelise
-/// over blocks), the `k` largest values of `q . b_j + bias_j` over the bank rows `b_j`,
-/// in descending order, with the bank read in tiles of [`TILE_ROWS`]. `k <= bank rows`.
+/// over blocks), the `k` largest values of `scale_j * (q . b_j) + bias_j` over the bank
+/// rows `b_j`, in descending order, with the bank read in tiles of [`TILE_ROWS`].
+/// `k <= bank rows`; `affine` has one entry per bank row.
 pub fn top_k(
     queries: ArrayView2<f64>,
     bank: ArrayView2<f64>,
-    bias: Option<&[f64]>,
+    affine: &RowAffine,
     k: usize,
 ) -> Vec<Vec<f64>> {
     assert!(k >= 1 && k <= bank.nrows(), "1 <= k <= bank rows");
+    assert!(
+        affine.scale.len() == bank.nrows() && affine.bias.len() == bank.nrows(),
+        "one scale and bias per bank row"
+    );
     let q = queries.as_standard_layout();
     let n = q.nrows();
     let mut tops: Vec<Vec<f64>> = vec![Vec::with_capacity(2 * k + TILE_ROWS); n];
@@ -42,13 +58,13 @@ pub fn top_k(
             matmul_nt(q.view(), bank.slice(s![t0..t1, ..]), last.view_mut());
             gt.assign(&last);
         }
-        let b = bias.map(|b| &b[t0..t1]);
+        let (scale, bias) = (&affine.scale[t0..t1], &affine.bias[t0..t1]);
         for (top, row) in tops.iter_mut().zip(gt.outer_iter()) {
             merge_top(
                 top,
                 row.iter()
-                    .enumerate()
-                    .map(|(j, &v)| v + b.map_or(0.0, |b| b[j])),
+                    .zip(scale.iter().zip(bias))
+                    .map(|(&v, (&a, &b))| a * v + b),
                 k,
             );
         }
@@ -102,11 +118,14 @@ mod tests {
             ((r * 31 + i * 7) % 101) as f64 / 50.0 - 1.0
         });
         let q = Array2::from_shape_fn((40, 5), |(r, i)| ((r * 13 + i * 5) % 17) as f64 / 8.0 - 1.0);
-        let bias: Vec<f64> = (0..bank.nrows()).map(|j| (j % 7) as f64 * 0.01).collect();
-        let got = top_k(q.view(), bank.view(), Some(&bias), 5);
+        let affine = RowAffine {
+            scale: (0..bank.nrows()).map(|j| 1.0 + (j % 3) as f64).collect(),
+            bias: (0..bank.nrows()).map(|j| (j % 7) as f64 * 0.01).collect(),
+        };
+        let got = top_k(q.view(), bank.view(), &affine, 5);
         for (r, top) in got.iter().enumerate() {
             let mut all: Vec<f64> = (0..bank.nrows())
-                .map(|j| q.row(r).dot(&bank.row(j)) + bias[j])
+                .map(|j| affine.scale[j] * q.row(r).dot(&bank.row(j)) + affine.bias[j])
                 .collect();
             all.sort_unstable_by(|a, b| b.total_cmp(a));
             for (a, b) in top.iter().zip(&all[..5]) {

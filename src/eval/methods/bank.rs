@@ -1,15 +1,16 @@
-//! What the nearest-neighbour methods (`knn`, `nnguide`) share: a bank of ID-train rows
-//! (all, or a seeded fraction), fitted once per bank fraction and shared by every `k`,
-//! and a scoring pass that takes, for each L2-normalised feature `q`, the `k` largest
-//! `q . b_j + bias_j` over the bank rows `b_j` (tiled GEMMs with a per-tile top-k, never
-//! an `N x bank` matrix in memory).
+//! What the nearest-neighbour methods (`knn`, `nnguide`) share: a bank of L2-normalised
+//! ID-train rows `b_j` (all, or a seeded fraction), made once per bank fraction and
+//! shared by every `k` and by both methods (at ImageNet size one bank is 200 MiB), a
+//! per-method weighting of its rows (fitted once per fraction), and a scoring pass that
+//! takes, for each L2-normalised feature `q`, the `k` largest `scale_j * (q . b_j) +
+//! bias_j` (tiled GEMMs with a per-tile top-k, never an `N x bank` matrix in memory).
 
-use ndarray::{Array2, ArrayView1, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 use super::{FitContext, Request, TrainSet, blockwise, logits_of, req};
 use crate::eval::EvalError;
 use crate::eval::engine::EvalInputs;
-use crate::eval::neighbours::{normalized_rows, seeded_rows, top_k};
+use crate::eval::neighbours::{RowAffine, normalized_rows, seeded_rows, top_k};
 use crate::eval::params::{BankFraction, Neighbours};
 use crate::eval::sweep::{Param, Params};
 
@@ -54,38 +55,38 @@ pub(crate) fn check_k(k: Neighbours, bank: usize) -> Result<(), EvalError> {
     }
 }
 
-/// A fitted bank: rows `b_j` (`f64`, one per bank row) and an optional bias per row.
-pub(crate) struct Bank {
-    /// The bank rows.
-    pub rows: Array2<f64>,
-    /// `bias_j`, added to `q . b_j` (none: zero).
-    pub bias: Option<Vec<f64>>,
-}
-
-/// The plan of a bank method `method` at `p`: the bank `build` makes from the ID-train
-/// rows of `p.bank_fraction` (fitted once per fraction), `p.k` checked against it, and
-/// per feature row `score(q, top, z)` with `q` the normalised feature, `top` its `k`
-/// largest `q . b_j + bias_j` (descending) and `z` its logits, giving `(score, class)`.
+/// The plan of a bank method `method` at `p`: the shared bank of `p.bank_fraction` (the
+/// normalised ID-train rows, made once per fraction for every bank method), `p.k` checked
+/// against it, the method's weighting `weigh(inputs, rows, bank)` of the bank rows (`rows`:
+/// the selected ID-train rows as stored; fitted once per fraction), and per feature row
+/// `score(q, top, z)` with `q` the normalised feature, `top` its `k` largest weighted
+/// similarities (descending) and `z` its logits, giving `(score, class)`.
 pub(crate) fn plan_bank_scores(
     method: &'static str,
     p: &Params,
     ctx: &mut FitContext,
-    build: impl FnOnce(&EvalInputs, Array2<f32>) -> Result<Bank, EvalError>,
+    weigh: impl FnOnce(&EvalInputs, ArrayView2<f32>, ArrayView2<f64>) -> RowAffine,
     score: impl Fn(ArrayView1<f64>, &[f64], ArrayView1<f64>) -> (f64, usize) + Send + Sync + 'static,
 ) -> Result<Request, EvalError> {
     let train = ctx.train(method)?;
     let (k, fraction) = (req(p.k), req(p.bank_fraction));
-    let bank = ctx.fit(
-        method,
-        format!("bank_fraction={}", fraction.get()),
-        |inputs| build(inputs, bank_rows(&train, fraction)),
-    )?;
-    check_k(k, bank.rows.nrows())?;
+    let key = format!("bank_fraction={}", fraction.get());
+    let bank = ctx.fit("bank", key.clone(), |_| {
+        Ok(normalized_rows(bank_rows(&train, fraction).view()))
+    })?;
+    check_k(k, bank.nrows())?;
+    let affine = ctx.fit(method, key, |inputs| {
+        Ok(weigh(
+            inputs,
+            bank_rows(&train, fraction).view(),
+            bank.view(),
+        ))
+    })?;
     Ok(Request::custom(move |inputs, features| {
         inputs.head.check_features(features)?;
         Ok(blockwise(features, |block| {
             let q = normalized_rows(block);
-            let tops = top_k(q.view(), bank.rows.view(), bank.bias.as_deref(), k.get());
+            let tops = top_k(q.view(), bank.view(), &affine, k.get());
             let logits = logits_of(inputs, block);
             q.outer_iter()
                 .zip(&tops)

@@ -6,11 +6,11 @@
 //! (`|q|^2 + |b|^2 - 2 q.b`, as scikit-learn's brute-force search computes them).
 //! pytorch-ood 0.4.0 (scikit-learn `NearestNeighbors`) computes the same.
 
-use super::bank::{self, Bank, plan_bank_scores};
+use super::bank::{self, plan_bank_scores};
 use super::{FitContext, Method, Request};
 use crate::eval::EvalError;
 use crate::eval::head::argmax;
-use crate::eval::neighbours::normalized_rows;
+use crate::eval::neighbours::RowAffine;
 use crate::eval::sweep::{Param, Params};
 
 /// KNN.
@@ -29,20 +29,16 @@ impl Method for Knn {
     fn needs_train(&self) -> bool {
         true
     }
-    /// The bank is stored as `2 b` with bias `-|b|^2`, so that the largest values of
-    /// `q . (2 b) - |b|^2` are the nearest rows: `|q - b|^2 = |q|^2 - top`.
+    /// The bank rows are weighted `2 g - |b|^2` (`g = q . b`), so that the largest values
+    /// are the nearest rows: `|q - b|^2 = |q|^2 - top`.
     fn plan(&self, p: &Params, ctx: &mut FitContext) -> Result<Request, EvalError> {
         plan_bank_scores(
             self.name(),
             p,
             ctx,
-            |_, rows| {
-                let b = normalized_rows(rows.view());
-                let bias = b.outer_iter().map(|r| -r.dot(&r)).collect();
-                Ok(Bank {
-                    rows: b * 2.0,
-                    bias: Some(bias),
-                })
+            |_, _, bank| RowAffine {
+                scale: vec![2.0; bank.nrows()],
+                bias: bank.outer_iter().map(|r| -r.dot(&r)).collect(),
             },
             |q, top, z| {
                 let d2 = q.dot(&q) - top[top.len() - 1];

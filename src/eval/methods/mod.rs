@@ -337,17 +337,27 @@ mod tests {
     #[test]
     fn a_sweep_fits_once_per_fit_key_and_a_fit_changing_parameter_refits() {
         let s = synthetic(false);
-        // k does not change the bank: one fit for three k.
-        assert_eq!(fits(&s, "knn", &[(Param::K, "1,2,5")]), 1);
-        // The bank fraction does: one fit each.
+        // k does not change the bank: one bank and one weighting of it for three k.
+        assert_eq!(fits(&s, "knn", &[(Param::K, "1,2,5")]), 2);
+        // The bank fraction does: a bank and a weighting each.
         assert_eq!(
             fits(
                 &s,
                 "knn",
                 &[(Param::K, "1"), (Param::BankFraction, "0.5,1")]
             ),
-            2
+            4
         );
+        // KNN and NNGuide share the bank of a fraction, each weighting it its own way.
+        let both = inputs(&s);
+        let mut ctx = FitContext::new(&both);
+        for method in ["knn", "nnguide"] {
+            for setting in settings(method, &[(Param::K, "1")]) {
+                let p = setting.params();
+                setting.method().method().plan(p, &mut ctx).unwrap();
+            }
+        }
+        assert_eq!(ctx.fits(), 3);
         // ViM: one principal space, one residual space and alpha per D.
         assert_eq!(fits(&s, "vim", &[(Param::Dim, "1,2,3")]), 1 + 3);
         // A refit really changes the scores.

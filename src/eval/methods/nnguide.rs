@@ -2,14 +2,15 @@
 //! `energy(z) * mean of the k largest cosine similarities of h with the bank`, bank =
 //! L2-normalised ID-train features each scaled by its energy; defaults `k = 10`
 //! (pytorch-ood's), bank = all ID-train rows (`--bank-fraction`, seeded). The bank is
-//! fitted once per bank fraction; similarities come from tiled GEMMs with a per-tile
+//! fitted once per bank fraction (the normalised rows shared with `knn`, weighted by the
+//! energies: `energy_j * (q . b_j)`); similarities come from tiled GEMMs with a per-tile
 //! top-k. pytorch-ood 0.4.0 computes the same (in float32 on the fixture).
 
-use super::bank::{self, Bank, plan_bank_scores};
+use super::bank::{self, plan_bank_scores};
 use super::{FitContext, Method, Request, logits_of};
 use crate::eval::EvalError;
 use crate::eval::head::{argmax, energy_of};
-use crate::eval::neighbours::normalized_rows;
+use crate::eval::neighbours::RowAffine;
 use crate::eval::sweep::{Param, Params};
 
 /// NNGuide.
@@ -33,17 +34,12 @@ impl Method for NnGuide {
             self.name(),
             p,
             ctx,
-            |inputs, rows| {
-                let logits = logits_of(inputs, rows.view());
-                let mut b = normalized_rows(rows.view());
-                for (mut row, z) in b.outer_iter_mut().zip(logits.outer_iter()) {
-                    let e = energy_of(z, 1.0);
-                    row.mapv_inplace(|v| v * e);
-                }
-                Ok(Bank {
-                    rows: b,
-                    bias: None,
-                })
+            |inputs, rows, bank| RowAffine {
+                scale: logits_of(inputs, rows)
+                    .outer_iter()
+                    .map(|z| energy_of(z, 1.0))
+                    .collect(),
+                bias: vec![0.0; bank.nrows()],
             },
             |_, top, z| {
                 let guidance = top.iter().sum::<f64>() / top.len() as f64;
