@@ -211,6 +211,29 @@ bench-scale rows="1281167" m="2048" c="1000":
     print(f"eval   90000 x {m}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB = {rss / raw:.2f}x the raw features ({raw / 2**20:.0f} MiB)")
     PY
     rm -rf "$dir"
+
+# The two ways to read a cache from an object store, on a real S3 API (moto's server on
+# 127.0.0.1) and a bucket-sized cache (the synthetic ImageNet-size one of bench-zoo,
+# 90,000 scored rows x 2048, ~1.1 GB; made once under .bench/imagenet): the download
+# cache that eval uses, cold and warm, against Parquet range reads of the scoring columns,
+# then `posthoc eval` from s3:// cold and warm and from the local directory. The moto venv
+# is .ci/run's (../posthoc-venv-moto) or POSTHOC_MOTO_PYTHON's.
+bench-remote:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    py="${POSTHOC_MOTO_PYTHON:-$(cd .. && pwd)/posthoc-venv-moto/bin/python}"
+    if [ ! -x "$py" ]; then
+      python3 -m venv ../posthoc-venv-moto
+      ../posthoc-venv-moto/bin/pip install -q 'moto[server]==5.2.5' PyYAML
+      py="$(cd .. && pwd)/posthoc-venv-moto/bin/python"
+    fi
+    if [ ! -f .bench/imagenet/cache/manifest.json ]; then just bench-zoo --cases imagenet --reps 2; fi
+    cargo build --release -p posthoc-cache --example remote_read
+    cargo build --release -p posthoc
+    t="${CARGO_TARGET_DIR:-target}/release"
+    echo "load: $(uptime)"
+    python3 bench/run_remote_bench.py --posthoc "$t/posthoc" --example "$t/examples/remote_read" \
+      --moto-python "$py" --cache .bench/imagenet/cache
 # --- end scale ---
 
 # The Python module (python/) built into a venv (.venv-python, or an existing one named by

@@ -508,47 +508,60 @@ pub fn evaluate_cache(
         .chain(ood_names.iter().map(String::as_str))
         .chain(selection.map(|s| s.val_ood.as_str()))
         .collect();
-    let (head, (stats, splits)) = rayon::join(
-        || cache.head(),
-        || {
-            rayon::join(
-                || cache.stats(),
-                || {
-                    names
-                        .par_iter()
-                        .map(|n| cache.split_features(n))
-                        .collect::<Result<Vec<SplitFeatures>, _>>()
+    let (head, stats) = rayon::join(|| cache.head(), || cache.stats());
+    let (head, stats) = (head?, stats?);
+    let head64 = Head64::from_f32(head.weight.view(), head.bias.view())?;
+    let percentile = train_percentile_fn(cache, &stats);
+    // Fits first, on the ID-train split alone (read only when a selected method fits on
+    // it), which is freed before the scored sets are read: the plan holds every fit, so
+    // the split and the fits' temporaries never sit beside the scored features.
+    let plan = {
+        let train = if needs_train(settings) {
+            let name = cache.id_train().ok_or_else(|| {
+                RunError::Request(format!(
+                    "cache {} has no ID-train split (knn, mahalanobis, vim, ... fit on it)",
+                    cache.dir().display()
+                ))
+            })?;
+            let split = cache.split_features(&name)?;
+            let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
+            info!(rows = split.rows(), "ID-train split read");
+            Some((split, labels))
+        } else {
+            None
+        };
+        let no_rows = ndarray::Array2::<f32>::zeros((0, head64.width()));
+        Plan::new(
+            &EvalInputs {
+                head: &head64,
+                train_mean: stats.mean.view(),
+                class_means: stats.class_means.view(),
+                train_percentile: &percentile,
+                id: ScoreSet {
+                    name: &id_name,
+                    features: no_rows.view(),
                 },
-            )
-        },
-    );
-    let (head, stats, splits) = (head?, stats?, splits?);
-    // The ID-train split, only when a selected method fits on it.
-    let train = if needs_train(settings) {
-        let name = cache.id_train().ok_or_else(|| {
-            RunError::Request(format!(
-                "cache {} has no ID-train split (knn, mahalanobis, vim, ... fit on it)",
-                cache.dir().display()
-            ))
-        })?;
-        let split = cache.split_features(&name)?;
-        let labels: Vec<i64> = split.labels.iter().map(|&l| i64::from(l)).collect();
-        info!(rows = split.rows(), "ID-train split read");
-        Some((split, labels))
-    } else {
-        None
+                id_labels: &[],
+                ood: Vec::new(),
+                train: train.as_ref().map(|(split, labels)| TrainSet {
+                    features: split.features.view(),
+                    labels,
+                }),
+            },
+            settings,
+        )?
     };
+    let splits = names
+        .par_iter()
+        .map(|n| cache.split_features(n))
+        .collect::<Result<Vec<SplitFeatures>, _>>()?;
     info!(
         sets = splits.len(),
         rows = splits.iter().map(|s| s.rows()).sum::<usize>(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache read"
     );
-    let head64 = Head64::from_f32(head.weight.view(), head.bias.view())?;
     let labels: Vec<i64> = splits[0].labels.iter().map(|&l| i64::from(l)).collect();
-    let percentile = train_percentile_fn(cache, &stats);
-    // Scoring reads no ID-train rows: the plan holds every fit, so the split is freed
-    // before the scoring passes (at ImageNet size it is a third of the scored bytes).
     let inputs = EvalInputs {
         head: &head64,
         train_mean: stats.mean.view(),
@@ -569,14 +582,6 @@ pub fn evaluate_cache(
             .collect(),
         train: None,
     };
-    let plan = Plan::new(
-        &inputs.with_train(train.as_ref().map(|(split, labels)| TrainSet {
-            features: split.features.view(),
-            labels,
-        })),
-        settings,
-    )?;
-    drop(train);
     let (results, n_id, selected) = match selection {
         None => (plan.evaluate(&inputs, convention)?, splits[0].rows(), None),
         Some(sel) => {

@@ -57,27 +57,6 @@ pub struct EvalInputs<'a> {
     pub train: Option<TrainSet<'a>>,
 }
 
-impl<'a> EvalInputs<'a> {
-    /// The same inputs with `train` as the ID-train split: for [`Plan::new`] with a split
-    /// whose borrow ends before scoring (`..self` would tie both to one lifetime).
-    pub fn with_train<'t>(&'t self, train: Option<TrainSet<'t>>) -> EvalInputs<'t> {
-        let set = |s: &'t ScoreSet<'a>| ScoreSet {
-            name: s.name,
-            features: s.features.reborrow(),
-        };
-        EvalInputs {
-            head: self.head,
-            train_mean: self.train_mean.reborrow(),
-            class_means: self.class_means.reborrow(),
-            train_percentile: self.train_percentile,
-            id: set(&self.id),
-            id_labels: self.id_labels,
-            ood: self.ood.iter().map(set).collect(),
-            train,
-        }
-    }
-}
-
 /// Whether any of `settings` fits on the ID-train features (so the caller reads them).
 pub fn needs_train(settings: &[Setting]) -> bool {
     settings.iter().any(|s| s.method().method().needs_train())
