@@ -21,6 +21,7 @@ use burn::nn::conv::Conv2d;
 
 use super::config::DenseNetPlan;
 use super::densenet::{DenseNet, tensor_values as values};
+use super::engine::split_batch;
 use super::kernels::{AffineRelu, im2col_3x3_rows, matmul};
 
 /// Target size (floats) of the unfolded 3x3 input of one band of image rows: 512 KiB, so
@@ -252,51 +253,22 @@ impl CpuDenseNet {
             "h, w: multiples of 4"
         );
         let (m, classes) = (self.plan.feature_dim, self.plan.config.num_classes);
-        let mut features = vec![0.0f32; n * m];
-        let mut logits = vec![0.0f32; n * classes];
-        if n == 0 {
-            return (features, logits);
-        }
-        let threads = threads.clamp(1, n);
-        let group = group.max(1);
-        let per_thread = n.div_ceil(threads);
-        let image = 3 * h * w;
-
-        let run = |input: &[f32], features: &mut [f32], logits: &mut [f32]| {
-            let count = features.len() / m;
-            let mut ws = self.take_workspace(group.min(count), h, w);
-            let mut start = 0;
-            while start < count {
-                let g = group.min(count - start);
-                self.forward_group(
-                    &input[start * image..(start + g) * image],
-                    g,
-                    &mut ws,
-                    &mut features[start * m..(start + g) * m],
-                    &mut logits[start * classes..(start + g) * classes],
-                );
-                start += g;
-            }
-            self.workspaces
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ws);
-        };
-
-        if threads == 1 {
-            run(input, &mut features, &mut logits);
-        } else {
-            std::thread::scope(|scope| {
-                for ((x, f), l) in input
-                    .chunks(per_thread * image)
-                    .zip(features.chunks_mut(per_thread * m))
-                    .zip(logits.chunks_mut(per_thread * classes))
-                {
-                    scope.spawn(|| run(x, f, l));
-                }
-            });
-        }
-        (features, logits)
+        split_batch(
+            input,
+            n,
+            3 * h * w,
+            [m, classes],
+            threads,
+            group,
+            |count| self.take_workspace(group.max(1).min(count), h, w),
+            |ws| {
+                self.workspaces
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(ws)
+            },
+            |x, g, ws, f, l| self.forward_group(x, g, ws, f, l),
+        )
     }
 
     /// A workspace for groups of `g` images of `h x w`, reused when one fits.
