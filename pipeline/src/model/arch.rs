@@ -204,12 +204,14 @@ impl Backbone {
     }
 
     /// The network on the fused CPU engine [`CpuNet`], where its family maps onto it
-    /// (ResNets, MobileNet-v2, EfficientNet-Lite; DenseNet-BC has [`super::CpuDenseNet`]).
+    /// (ResNets, MobileNet-v2, EfficientNet-Lite, BiT; DenseNet-BC has
+    /// [`super::CpuDenseNet`]).
     pub fn cpu_net(&self) -> Option<CpuNet> {
         match self {
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => Some(m.cpu_net()),
             Backbone::ResNet(m) => Some(m.cpu_net()),
-            Backbone::DenseNet(_) | Backbone::ResNetV2(_) => None,
+            Backbone::ResNetV2(m) => Some(m.cpu_net()),
+            Backbone::DenseNet(_) => None,
         }
     }
 

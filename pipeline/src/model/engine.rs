@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
-use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
+use burn::nn::{BatchNorm, GroupNorm, Linear, PaddingConfig2d};
 
 use super::densenet::tensor_values as values;
 use super::kernels::{
@@ -172,6 +172,18 @@ enum Op {
         kernel: usize,
         stride: usize,
         padding: [usize; 4],
+        /// Whether the padding holds zeros (BiT's `ConstantPad2d` before a valid pool) rather
+        /// than PyTorch's `-inf`.
+        zeros: bool,
+    },
+    /// `act(group_norm(x) * gamma + beta)` per image, over `groups` channel groups.
+    GroupNorm {
+        input: Value,
+        groups: usize,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f64,
+        act: Activation,
     },
 }
 
@@ -179,7 +191,7 @@ impl Op {
     fn inputs(&self) -> impl Iterator<Item = Value> {
         let (a, b) = match self {
             Op::Conv(c) => (c.input, c.residual),
-            Op::MaxPool { input, .. } => (*input, None),
+            Op::MaxPool { input, .. } | Op::GroupNorm { input, .. } => (*input, None),
         };
         std::iter::once(a).chain(b)
     }
@@ -290,16 +302,18 @@ impl NetBuilder {
                 && pool.dilation == [1, 1]
                 && !pool.ceil_mode
         );
-        self.max_pool(x, pool.kernel_size[0], pool.stride[0], padding)
+        self.max_pool(x, pool.kernel_size[0], pool.stride[0], padding, false)
     }
 
-    /// `kernel x kernel` max pooling with `stride` and `padding` (`-inf`; PyTorch's).
+    /// `kernel x kernel` max pooling with `stride` and `padding` (`-inf`, PyTorch's; with
+    /// `zeros`, zero padding as after a `ConstantPad2d(0)`).
     pub fn max_pool(
         &mut self,
         x: Value,
         kernel: usize,
         stride: usize,
         padding: [usize; 4],
+        zeros: bool,
     ) -> Value {
         let c = self.channels[x.0];
         self.push(
@@ -308,9 +322,31 @@ impl NetBuilder {
                 kernel,
                 stride,
                 padding,
+                zeros,
             },
             c,
         )
+    }
+
+    /// `act(gn(x))` for a burn GroupNorm: per image and group of channels,
+    /// `(x - mean) / sqrt(var + eps) * gamma[c] + beta[c]` (biased variance).
+    pub fn group_norm(&mut self, x: Value, gn: &GroupNorm, act: Activation) -> Value {
+        let c = self.channels[x.0];
+        assert_eq!(gn.num_channels, c, "GroupNorm channels");
+        let param = |p: &Option<burn::module::Param<burn::tensor::Tensor<1>>>, default: f32| {
+            p.as_ref()
+                .filter(|_| gn.affine)
+                .map_or_else(|| vec![default; c], |p| values(p.val()))
+        };
+        let op = Op::GroupNorm {
+            input: x,
+            groups: gn.num_groups,
+            gamma: param(&gn.gamma, 1.0),
+            beta: param(&gn.beta, 0.0),
+            eps: gn.epsilon,
+            act,
+        };
+        self.push(op, c)
     }
 
     /// The finished network: the feature is the global average pool of `x`, the logits
@@ -493,6 +529,7 @@ impl CpuNet {
                 Some(Op::MaxPool { kernel, stride, .. }) => {
                     format!("max pool {kernel}x{kernel} s{stride}")
                 }
+                Some(Op::GroupNorm { .. }) => "group norm".to_owned(),
                 None => "pool + linear head".to_owned(),
             };
             match kinds.iter_mut().find(|k| k.0 == kind) {
@@ -540,9 +577,14 @@ impl CpuNet {
                     kernel,
                     stride,
                     padding,
+                    ..
                 } => {
                     let (ih, iw) = sizes[input.0];
                     Padding::Explicit(*padding).window(ih, iw, *kernel, *stride, 1)
+                }
+                Op::GroupNorm { input, .. } => {
+                    let (ih, iw) = sizes[input.0];
+                    Padding::Explicit([0; 4]).window(ih, iw, 1, 1, 1)
                 }
             };
             sizes.push((win.ho, win.wo));
@@ -603,7 +645,7 @@ impl CpuNet {
                 let res = c.residual.map(|r| ws.slots[self.slot_of[r.0]].as_slice());
                 conv(c, &win, g, x, res, &mut ws.columns, &mut out);
             }
-            Op::MaxPool { input, .. } => {
+            Op::MaxPool { input, zeros, .. } => {
                 let x = &ws.slots[self.slot_of[input.0]];
                 let (n_in, n_out) = (g * win.h * win.w, g * win.ho * win.wo);
                 for c in 0..self.channels[i + 1] {
@@ -611,10 +653,32 @@ impl CpuNet {
                         max_pool_plane(
                             &x[c * n_in + img * win.h * win.w..],
                             &win,
+                            *zeros,
                             &mut out[c * n_out + img * win.ho * win.wo..],
                         );
                     }
                 }
+            }
+            Op::GroupNorm {
+                input,
+                groups,
+                gamma,
+                beta,
+                eps,
+                act,
+            } => {
+                let x = &ws.slots[self.slot_of[input.0]];
+                group_norm(
+                    x,
+                    g,
+                    win.h * win.w,
+                    *groups,
+                    gamma,
+                    beta,
+                    *eps,
+                    *act,
+                    &mut out,
+                );
             }
         }
         ws.slots[out_slot] = out;
@@ -653,6 +717,47 @@ impl Window {
     /// Whether the window is a 1x1, stride-1, unpadded one (the input is its own unfolding).
     fn is_identity(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0
+    }
+}
+
+/// GroupNorm + activation of `g` images: `x` and `out` are `[C][g * hw]`; statistics per
+/// image and group of `C / groups` channels, accumulated in f64.
+#[allow(clippy::too_many_arguments)]
+fn group_norm(
+    x: &[f32],
+    g: usize,
+    hw: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    act: Activation,
+    out: &mut [f32],
+) {
+    let c = gamma.len();
+    let per = c / groups;
+    let n = g * hw;
+    for img in 0..g {
+        for q in 0..groups {
+            let planes = || (q * per..(q + 1) * per).map(|ch| &x[ch * n + img * hw..][..hw]);
+            let count = (per * hw) as f64;
+            let mean = planes().flatten().map(|&v| f64::from(v)).sum::<f64>() / count;
+            let var = planes()
+                .flatten()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / count;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ch in q * per..(q + 1) * per {
+                let s = f64::from(gamma[ch]) * inv;
+                let (scale, shift) = (s as f32, (f64::from(beta[ch]) - mean * s) as f32);
+                let at = ch * n + img * hw;
+                for (o, &v) in out[at..at + hw].iter_mut().zip(&x[at..at + hw]) {
+                    *o = v * scale + shift;
+                }
+                bias_residual_act(&mut out[at..at + hw], hw, 1, hw, None, None, act);
+            }
+        }
     }
 }
 

@@ -426,6 +426,21 @@ impl Window {
         lo.min(hi)..hi
     }
 
+    /// Output rows whose every tap reads inside the input.
+    fn rows_inside(&self) -> std::ops::Range<usize> {
+        let (first, last) = (
+            self.valid(0, self.pad_top, self.h, self.ho),
+            self.valid((self.kh - 1) * self.dilation, self.pad_top, self.h, self.ho),
+        );
+        first.start.max(last.start)..first.end.min(last.end)
+    }
+
+    /// Output columns whose every tap reads inside the input.
+    fn columns_inside(&self) -> std::ops::Range<usize> {
+        let (first, last) = (self.columns(0), self.columns(self.kw - 1));
+        first.start.max(last.start)..first.end.min(last.end)
+    }
+
     /// Output columns of tap `kx` that read inside the input row.
     fn columns(&self, kx: usize) -> std::ops::Range<usize> {
         self.valid(kx * self.dilation, self.pad_left, self.w, self.wo)
@@ -535,13 +550,22 @@ fn depthwise_plane_impl(src: &[f32], weight: &[f32], bias: f32, win: &Window, ds
     }
 }
 
-/// Max pooling of one `h x w` plane over the window `win` (padding never wins: only input
-/// values inside the image are compared, PyTorch's `-inf` padding).
-pub fn max_pool_plane(src: &[f32], win: &Window, dst: &mut [f32]) {
+/// Max pooling of one `h x w` plane over the window `win`. The padding is `-inf`
+/// (PyTorch's: only input values are compared) or, with `zeros`, 0 (a window reaching into
+/// it takes at least 0).
+pub fn max_pool_plane(src: &[f32], win: &Window, zeros: bool, dst: &mut [f32]) {
     let (w, wo) = (win.w, win.wo);
+    let (rows_in, cols_in) = (win.rows_inside(), win.columns_inside());
     for oy in 0..win.ho {
         let out = &mut dst[oy * wo..(oy + 1) * wo];
-        out.fill(f32::NEG_INFINITY);
+        for (ox, v) in out.iter_mut().enumerate() {
+            let padded = !rows_in.contains(&oy) || !cols_in.contains(&ox);
+            *v = if zeros && padded {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
         for ky in 0..win.kh {
             let Some(iy) = win.input_row(oy, ky) else {
                 continue;
@@ -813,10 +837,13 @@ mod tests {
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - (b + 0.5)).abs() < 1e-5, "{win:?}: {a} vs {b}");
             }
-            max_pool_plane(&x, &win, &mut y);
+            max_pool_plane(&x, &win, false, &mut y);
+            let mut z = vec![f32::NAN; win.ho * win.wo];
+            max_pool_plane(&x, &win, true, &mut z);
             for oy in 0..win.ho {
                 for ox in 0..win.wo {
                     let mut m = f32::NEG_INFINITY;
+                    let mut padded = false;
                     for ky in 0..win.kh {
                         for kx in 0..win.kw {
                             let iy = (oy * win.stride + ky * win.dilation) as isize
@@ -826,10 +853,14 @@ mod tests {
                             if iy >= 0 && ix >= 0 && (iy as usize) < win.h && (ix as usize) < win.w
                             {
                                 m = m.max(x[iy as usize * win.w + ix as usize]);
+                            } else {
+                                padded = true;
                             }
                         }
                     }
                     assert_eq!(y[oy * win.wo + ox], m, "{win:?}");
+                    let with_zeros = if padded { m.max(0.0) } else { m };
+                    assert_eq!(z[oy * win.wo + ox], with_zeros, "{win:?}, zero padding");
                 }
             }
         }
