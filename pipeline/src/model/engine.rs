@@ -769,7 +769,7 @@ fn conv(
     g: usize,
     x: &[f32],
     residual: Option<&[f32]>,
-    columns: &mut [f32],
+    columns: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let (hw, howo) = (win.h * win.w, win.ho * win.wo);
@@ -786,6 +786,7 @@ fn conv(
                     &c.weight[ch * kk..(ch + 1) * kk],
                     c.bias[ch],
                     win,
+                    columns,
                     plane,
                 );
                 let r = res.map(|(r, _)| (&r[at..at + howo], howo));

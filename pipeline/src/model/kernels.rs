@@ -511,42 +511,88 @@ pub fn im2col_rows(
 
 /// One channel of a depthwise convolution: `dst[oy * wo + ox] = bias + sum over taps of
 /// weight[ky * kw + kx] * src[iy * w + ix]` on the `h x w` plane `src` (zeros outside).
-pub fn depthwise_plane(src: &[f32], weight: &[f32], bias: f32, win: &Window, dst: &mut [f32]) {
+///
+/// The padded input is split into `stride x stride` phase planes (`phase[py][px][y][x] =
+/// padded[y * stride + py][x * stride + px]`), so every tap is a unit-stride shift of one
+/// phase; the output is accumulated `wq` wide (the phase width, the extra columns
+/// discarded), each tap one branch-free vector loop over a band of rows. `scratch` holds
+/// the phases and the wide output.
+pub fn depthwise_plane(
+    src: &[f32],
+    weight: &[f32],
+    bias: f32,
+    win: &Window,
+    scratch: &mut Vec<f32>,
+    dst: &mut [f32],
+) {
     assert!(src.len() >= win.h * win.w && dst.len() >= win.ho * win.wo);
     assert!(weight.len() >= win.kh * win.kw);
-    with_widest_simd!(depthwise_plane_impl(src, weight, bias, win, dst))
+    with_widest_simd!(depthwise_plane_impl(src, weight, bias, win, scratch, dst))
 }
 
+/// Output floats per band of the wide depthwise output (16 KiB: L1-resident).
+const DEPTHWISE_BAND_FLOATS: usize = 4096;
+
 #[inline(always)]
-fn depthwise_plane_impl(src: &[f32], weight: &[f32], bias: f32, win: &Window, dst: &mut [f32]) {
-    let (w, wo, s) = (win.w, win.wo, win.stride);
-    for oy in 0..win.ho {
-        let out = &mut dst[oy * wo..(oy + 1) * wo];
-        out.fill(bias);
-        for ky in 0..win.kh {
-            let Some(iy) = win.input_row(oy, ky) else {
-                continue;
-            };
-            let line = &src[iy * w..(iy + 1) * w];
-            for kx in 0..win.kw {
-                let wv = weight[ky * win.kw + kx];
-                let cols = win.columns(kx);
-                if cols.is_empty() {
+fn depthwise_plane_impl(
+    src: &[f32],
+    weight: &[f32],
+    bias: f32,
+    win: &Window,
+    scratch: &mut Vec<f32>,
+    dst: &mut [f32],
+) {
+    let (s, d) = (win.stride, win.dilation);
+    let (reach_y, reach_x) = ((win.kh - 1) * d / s, (win.kw - 1) * d / s);
+    let (hq, wq) = (win.ho + reach_y + 1, win.wo + reach_x);
+    let phase_len = hq * wq;
+    let phases = s * s;
+    let wide_len = win.ho * wq;
+    if scratch.len() < phases * phase_len + wide_len {
+        scratch.resize(phases * phase_len + wide_len, 0.0);
+    }
+    let (phase_buf, wide) = scratch.split_at_mut(phases * phase_len);
+    for py in 0..s {
+        for px in 0..s {
+            let q = &mut phase_buf[(py * s + px) * phase_len..][..phase_len];
+            for y in 0..hq {
+                let row = &mut q[y * wq..(y + 1) * wq];
+                let iy = (y * s + py)
+                    .checked_sub(win.pad_top)
+                    .filter(|&iy| iy < win.h);
+                let Some(iy) = iy else {
+                    row.fill(0.0);
                     continue;
-                }
-                let x0 = win.input_column(cols.start, kx);
-                let o = &mut out[cols.clone()];
-                if s == 1 {
-                    for (v, &x) in o.iter_mut().zip(&line[x0..x0 + cols.len()]) {
-                        *v += wv * x;
-                    }
-                } else {
-                    for (j, v) in o.iter_mut().enumerate() {
-                        *v += wv * line[x0 + j * s];
-                    }
+                };
+                let line = &src[iy * win.w..(iy + 1) * win.w];
+                for (x, v) in row.iter_mut().enumerate() {
+                    let ix = (x * s + px)
+                        .checked_sub(win.pad_left)
+                        .filter(|&ix| ix < win.w);
+                    *v = ix.map_or(0.0, |ix| line[ix]);
                 }
             }
         }
+    }
+    let band_rows = (DEPTHWISE_BAND_FLOATS / wq).clamp(1, win.ho.max(1));
+    for r0 in (0..win.ho).step_by(band_rows) {
+        let rows = band_rows.min(win.ho - r0);
+        let out = &mut wide[r0 * wq..(r0 + rows) * wq];
+        out.fill(bias);
+        for ky in 0..win.kh {
+            for kx in 0..win.kw {
+                let wv = weight[ky * win.kw + kx];
+                let (oy, ox) = (ky * d, kx * d);
+                let q = &phase_buf[((oy % s) * s + ox % s) * phase_len..][..phase_len];
+                let start = (r0 + oy / s) * wq + ox / s;
+                for (o, &x) in out.iter_mut().zip(&q[start..start + rows * wq]) {
+                    *o += wv * x;
+                }
+            }
+        }
+    }
+    for oy in 0..win.ho {
+        dst[oy * win.wo..(oy + 1) * win.wo].copy_from_slice(&wide[oy * wq..oy * wq + win.wo]);
     }
 }
 
@@ -833,7 +879,7 @@ mod tests {
             let wt = pseudo_random(win.kh * win.kw, 10);
             let want = naive_conv(&x, &wt, 1, 1, &win, true);
             let mut y = vec![f32::NAN; win.ho * win.wo];
-            depthwise_plane(&x, &wt, 0.5, &win, &mut y);
+            depthwise_plane(&x, &wt, 0.5, &win, &mut Vec::new(), &mut y);
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - (b + 0.5)).abs() < 1e-5, "{win:?}: {a} vs {b}");
             }
