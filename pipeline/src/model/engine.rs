@@ -410,7 +410,7 @@ fn assign_slots(ops: &[Op], feature: Value) -> (Vec<usize>, usize) {
 
 /// The geometry of every value and window for groups of `g` images of `h x w`.
 #[derive(Debug)]
-struct Workspace {
+pub(crate) struct Workspace {
     g: usize,
     h: usize,
     w: usize,
@@ -471,25 +471,12 @@ impl CpuNet {
         threads: usize,
         group: usize,
     ) -> (Vec<f32>, Vec<f32>) {
-        let image = self.channels[0] * h * w;
-        assert_eq!(input.len(), n * image, "input must be n x c x h x w");
-        let (m, classes) = (self.feature_dim(), self.num_classes());
-        split_batch(
-            input,
-            n,
-            image,
-            [m, classes],
-            threads,
-            group,
-            |count| self.take_workspace(group.min(count), h, w),
-            |ws| {
-                self.workspaces
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(ws)
-            },
-            |x, g, ws, f, l| self.forward_group(x, g, ws, f, l),
-        )
+        assert_eq!(
+            input.len(),
+            n * self.channels[0] * h * w,
+            "input must be n x c x h x w"
+        );
+        forward_batch(self, input, n, [h, w], threads, group)
     }
 
     /// Time per operation kind (`conv 3x3 s2`, `depthwise 5x5 s1`, ..., `head`) of one
@@ -502,7 +489,7 @@ impl CpuNet {
         w: usize,
         repeat: usize,
     ) -> Vec<(String, f64, usize)> {
-        let mut ws = self.new_workspace(1, h, w);
+        let mut ws = self.make_workspace(1, h, w);
         let (mut f, mut l) = (vec![0.0; self.feature_dim()], vec![0.0; self.num_classes()]);
         let mut best = vec![f64::INFINITY; self.ops.len() + 1];
         for _ in 0..repeat.max(1) {
@@ -543,19 +530,7 @@ impl CpuNet {
         kinds
     }
 
-    fn take_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
-        let mut pool = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = pool
-            .iter()
-            .position(|ws| ws.g >= g && ws.h == h && ws.w == w)
-        {
-            return pool.swap_remove(i);
-        }
-        drop(pool);
-        self.new_workspace(g.max(1), h, w)
-    }
-
-    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+    fn make_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
         let mut sizes = vec![(h, w)];
         let mut windows = Vec::with_capacity(self.ops.len());
         let mut slot_len = vec![0usize; self.slot_count];
@@ -601,22 +576,6 @@ impl CpuNet {
             slots: slot_len.into_iter().map(|n| vec![0.0; n]).collect(),
             columns: vec![0.0; columns],
         }
-    }
-
-    /// The network on `g` images (NCHW `input`), writing `features` (`[g][m]`) and `logits`.
-    fn forward_group(
-        &self,
-        input: &[f32],
-        g: usize,
-        ws: &mut Workspace,
-        features: &mut [f32],
-        logits: &mut [f32],
-    ) {
-        self.load_input(input, g, ws);
-        for i in 0..self.ops.len() {
-            self.run_op(i, g, ws);
-        }
-        self.head(g, ws, features, logits);
     }
 
     /// NCHW `input` of `g` images into the input value's buffer (CNHW).
@@ -701,6 +660,46 @@ impl CpuNet {
             g, classes, m, features, &self.fc_t, classes, logits, classes, false,
         );
         add_to_rows(logits, classes, &self.fc_bias);
+    }
+}
+
+impl GroupEngine for CpuNet {
+    type Workspace = Workspace;
+
+    fn input_channels(&self) -> usize {
+        self.channels[0]
+    }
+
+    fn widths(&self) -> [usize; 2] {
+        [self.feature_dim(), self.num_classes()]
+    }
+
+    fn pool(&self) -> &Mutex<Vec<Workspace>> {
+        &self.workspaces
+    }
+
+    fn fits(ws: &Workspace, g: usize, h: usize, w: usize) -> bool {
+        ws.g >= g && ws.h == h && ws.w == w
+    }
+
+    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+        self.make_workspace(g.max(1), h, w)
+    }
+
+    /// The network on `g` images (NCHW `input`), writing `features` (`[g][m]`) and `logits`.
+    fn forward_group(
+        &self,
+        input: &[f32],
+        g: usize,
+        ws: &mut Workspace,
+        features: &mut [f32],
+        logits: &mut [f32],
+    ) {
+        self.load_input(input, g, ws);
+        for i in 0..self.ops.len() {
+            self.run_op(i, g, ws);
+        }
+        self.head(g, ws, features, logits);
     }
 }
 
@@ -825,22 +824,45 @@ fn conv(
     }
 }
 
-/// Splits a batch of `n` images (`image` floats each) across `threads` threads, each
-/// taking scratch memory with `take(images it will run)`, running `step(input, g, scratch,
-/// features, logits)` on groups of up to `group` images and handing the scratch back with
-/// `give`. `widths` = `[m, C]`. Returns features `[n, m]` and logits `[n, C]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn split_batch<W: Send>(
+/// An engine that runs groups of images with per-thread scratch memory (its workspaces),
+/// for [`forward_batch`].
+pub(crate) trait GroupEngine: Sync {
+    /// Scratch memory of one thread.
+    type Workspace: Send;
+    /// Channels of an input image.
+    fn input_channels(&self) -> usize;
+    /// `[m, C]`: feature and logit widths.
+    fn widths(&self) -> [usize; 2];
+    /// The pool of workspaces kept between calls.
+    fn pool(&self) -> &Mutex<Vec<Self::Workspace>>;
+    /// Whether `ws` serves groups of `g` images of `h x w`.
+    fn fits(ws: &Self::Workspace, g: usize, h: usize, w: usize) -> bool;
+    /// A workspace for groups of `g` images of `h x w`.
+    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Self::Workspace;
+    /// The network on `g` images (NCHW `input`), writing `features` and `logits`.
+    fn forward_group(
+        &self,
+        input: &[f32],
+        g: usize,
+        ws: &mut Self::Workspace,
+        features: &mut [f32],
+        logits: &mut [f32],
+    );
+}
+
+/// Features `[n, m]` and logits `[n, C]` of `n` NCHW images of `h x w` on `engine`: the
+/// batch split across `threads` threads, each running groups of up to `group` images with
+/// a workspace from the engine's pool (made when none fits, handed back after).
+pub(crate) fn forward_batch<E: GroupEngine>(
+    engine: &E,
     input: &[f32],
     n: usize,
-    image: usize,
-    [m, classes]: [usize; 2],
+    [h, w]: [usize; 2],
     threads: usize,
     group: usize,
-    take: impl Fn(usize) -> W + Sync,
-    give: impl Fn(W) + Sync,
-    step: impl Fn(&[f32], usize, &mut W, &mut [f32], &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>) {
+    let [m, classes] = engine.widths();
+    let image = engine.input_channels() * h * w;
     let mut features = vec![0.0f32; n * m];
     let mut logits = vec![0.0f32; n * classes];
     if n == 0 {
@@ -849,13 +871,20 @@ pub(crate) fn split_batch<W: Send>(
     let threads = threads.clamp(1, n);
     let group = group.max(1);
     let per_thread = n.div_ceil(threads);
+    let lock = || engine.pool().lock().unwrap_or_else(|e| e.into_inner());
     let run = |input: &[f32], features: &mut [f32], logits: &mut [f32]| {
         let count = input.len() / image;
-        let mut ws = take(count);
+        let g = group.min(count);
+        let found = {
+            let mut pool = lock();
+            let i = pool.iter().position(|ws| E::fits(ws, g, h, w));
+            i.map(|i| pool.swap_remove(i))
+        };
+        let mut ws = found.unwrap_or_else(|| engine.new_workspace(g, h, w));
         let mut start = 0;
         while start < count {
             let g = group.min(count - start);
-            step(
+            engine.forward_group(
                 &input[start * image..(start + g) * image],
                 g,
                 &mut ws,
@@ -864,7 +893,7 @@ pub(crate) fn split_batch<W: Send>(
             );
             start += g;
         }
-        give(ws);
+        lock().push(ws);
     };
     if threads == 1 {
         run(input, &mut features, &mut logits);
@@ -887,19 +916,8 @@ mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
 
     use super::*;
+    use crate::model::kernels::tests::pseudo_random;
     use crate::model::{Arch, Backbone};
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
-    }
 
     /// The engine against the burn forward of the same (randomly initialised) network on
     /// odd input sizes (asymmetric TF "SAME" padding, max-pool borders), in groups of 2
@@ -909,7 +927,10 @@ mod tests {
         let arch: Arch = name.parse().unwrap();
         let model: Backbone = arch.init(7, &device).unwrap();
         let net = model.cpu_net().unwrap();
-        let x = pseudo_random(n * 3 * h * w, 11);
+        let x: Vec<f32> = pseudo_random(n * 3 * h * w, 11)
+            .into_iter()
+            .map(|v| v * 4.0)
+            .collect();
         let (f, l) = model.forward(Tensor::<4>::from_data(
             TensorData::new(x.clone(), [n, 3, h, w]),
             &device,

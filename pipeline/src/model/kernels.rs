@@ -324,6 +324,9 @@ impl Activation {
     }
 }
 
+/// An optional residual input of an epilogue: its values and row stride.
+pub type Residual<'a> = Option<(&'a [f32], usize)>;
+
 /// The epilogue of a convolution on `rows` rows of `len` values, rows `rs` apart in `out`:
 /// `out = act(out + bias[r] + residual)` where `bias` (one value per row) and `residual`
 /// (rows `residual_rs` apart) are optional.
@@ -334,7 +337,7 @@ pub fn bias_residual_act(
     rows: usize,
     len: usize,
     bias: Option<&[f32]>,
-    residual: Option<(&[f32], usize)>,
+    residual: Residual<'_>,
     act: Activation,
 ) {
     if rows == 0 || len == 0 {
@@ -346,19 +349,17 @@ pub fn bias_residual_act(
         assert!(len <= r_rs && r.len() >= (rows - 1) * r_rs + len);
     }
     with_widest_simd!(bias_residual_act_rows(
-        out, rs, rows, len, bias, residual, act
+        out,
+        [rs, rows, len],
+        (bias, residual, act)
     ))
 }
 
 #[inline(always)]
 fn bias_residual_act_rows(
     out: &mut [f32],
-    rs: usize,
-    rows: usize,
-    len: usize,
-    bias: Option<&[f32]>,
-    residual: Option<(&[f32], usize)>,
-    act: Activation,
+    [rs, rows, len]: [usize; 3],
+    (bias, residual, act): (Option<&[f32]>, Residual<'_>, Activation),
 ) {
     for r in 0..rows {
         let b = bias.map_or(0.0, |b| b[r]);
@@ -632,10 +633,11 @@ pub fn max_pool_plane(src: &[f32], win: &Window, zeros: bool, dst: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5) (xorshift).
+    pub(crate) fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {
