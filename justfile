@@ -63,21 +63,26 @@ check-gpu:
     cargo check -p posthoc --features cuda
     LIBTORCH_USE_PYTORCH=1 cargo check -p posthoc --features tch
 
-# Forward throughput of our DenseNet (fused CPU engine; burn flex) next to PyTorch CPU
-# (contiguous and channels_last) at batch 64 and 128, in one run; makes its own venv
-# (.venv-bench-torch: torch from PyPI, several GB on first use).
-bench-precompute:
+# Forward throughput of our backbones (fused CPU engines; burn flex for DenseNet) next to
+# PyTorch CPU (contiguous and channels_last, 2 threads) in one run: DenseNet-BC-100 at batch
+# 64 and 128 (32 x 32), ResNet-50, MobileNet-v2 and EfficientNet-Lite0 at batch 32 and 64
+# (224 x 224). Makes its own venv (.venv-bench-torch: torch from PyPI, several GB on first
+# use) unless BENCH_TORCH_VENV=DIR names one with torch and torchvision. Extra arguments go
+# to bench/run_forward_bench.py, e.g. `just bench-precompute --archs resnet50 --repeat-large 3`.
+bench-precompute *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
     ckpt="$(pwd)/../shared/data/checkpoints/dice-densenet100/cifar10/checkpoint_100.pth.tar"
     [ -f "$ckpt" ] || { echo "bench-precompute: $ckpt not found"; exit 1; }
-    if [ ! -x .venv-bench-torch/bin/python ]; then
-      python3 -m venv .venv-bench-torch
-      .venv-bench-torch/bin/pip install -q torch==2.15.0 numpy
+    venv="${BENCH_TORCH_VENV:-.venv-bench-torch}"
+    if [ ! -x "$venv/bin/python" ]; then
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install -q torch==2.15.0 torchvision==0.29.2 numpy
     fi
-    cargo build --release -p posthoc-pipeline --example forward_speed
-    python3 bench/run_forward_bench.py --python .venv-bench-torch/bin/python \
-      --example "${CARGO_TARGET_DIR:-target}/release/examples/forward_speed" --checkpoint "$ckpt"
+    cargo build --release -p posthoc -p posthoc-pipeline --example forward_speed
+    echo "load: $(uptime)"
+    python3 bench/run_forward_bench.py --python "$venv/bin/python" \
+      --example "${CARGO_TARGET_DIR:-target}/release/examples/forward_speed" --checkpoint "$ckpt" {{ARGS}}
 
 # Measured in one run, each next to the same computation in numpy: (a) the default config's 13
 # settings on a CIFAR-size cache (the real out/cifar10-densenet100 if present, else synthetic),

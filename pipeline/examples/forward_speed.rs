@@ -1,17 +1,26 @@
-//! Forward throughput of DenseNet-BC-100 on the CIFAR-10 checkpoint (images per second).
+//! Forward throughput of a backbone (images per second).
 //!
-//! `cargo run --release -p posthoc-pipeline --example forward_speed -- [--batches 64,128]
-//!  [--repeat 4] [--path cpu|burn] [--threads 0] [--group 1]`
+//! `cargo run --release -p posthoc-pipeline --example forward_speed -- [--arch densenet-bc]
+//!  [--batches 64,128] [--repeat 4] [--path cpu|burn] [--threads 0] [--group 1]
+//!  [--checkpoint FILE] [--size 224] [--layers]`
 //!
-//! `cpu`: the fused CPU engine (`CpuDenseNet`, what `FeatureExtractor` uses by default) on
-//! `--threads` threads (0: all cores) in groups of `--group` images per thread step;
-//! `burn`: `DenseNet::forward` with burn tensor operations on the flex device.
+//! `--arch densenet-bc` (the default) runs DenseNet-BC-100 on the DICE CIFAR-10 checkpoint
+//! at 32 x 32; any other registered arch (`resnet50`, `mobilenet_v2`,
+//! `efficientnet-lite0`, ...) runs 1000-class weights from `--checkpoint` when given, else
+//! burn's seeded random initialisation (the cost of a dense float32 forward does not depend
+//! on the weights), at `--size` x `--size` (224).
+//!
+//! `cpu`: the fused CPU engine (what `FeatureExtractor` uses by default: `CpuDenseNet`, or
+//! `CpuNet` for the other families) on `--threads` threads (0: all cores) in groups of
+//! `--group` images per thread step; `burn`: the burn module's forward on the flex device.
+//! `--layers` prints the engine's time per operation kind (one thread, one image at a time).
 
+use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use posthoc_pipeline::checkpoint::load_densenet;
-use posthoc_pipeline::model::{CpuDenseNet, DenseNetConfig};
+use posthoc_pipeline::checkpoint::{load_backbone, load_densenet};
+use posthoc_pipeline::model::{Arch, Backbone, CpuDenseNet, DenseNetConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,51 +43,91 @@ fn main() {
         threads
     };
     let group: usize = arg("--group").map_or(1, |s| s.parse().expect("--group"));
-    let ckpt = arg("--checkpoint").unwrap_or_else(|| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/checkpoints/dice-densenet100/cifar10/checkpoint_100.pth.tar"
-        )
-        .into()
-    });
+    let arch: Arch = arg("--arch")
+        .unwrap_or_else(|| "densenet-bc".into())
+        .parse()
+        .unwrap_or_else(|e| panic!("--arch: {e}"));
 
     let device = Device::flex();
-    let loaded = load_densenet(
-        &DenseNetConfig::densenet_bc_100(10),
-        std::path::Path::new(&ckpt),
-        &device,
-    )
-    .expect("checkpoint");
-    let engine = CpuDenseNet::from_model(&loaded.model, &loaded.plan);
-    let model = loaded.model;
+    let (model, size) = if arch == Arch::DenseNetBc {
+        let ckpt = arg("--checkpoint").unwrap_or_else(|| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/data/checkpoints/dice-densenet100/cifar10/checkpoint_100.pth.tar"
+            )
+            .into()
+        });
+        let loaded = load_densenet(
+            &DenseNetConfig::densenet_bc_100(10),
+            Path::new(&ckpt),
+            &device,
+        )
+        .expect("checkpoint");
+        let engine = CpuDenseNet::from_model(&loaded.model, &loaded.plan);
+        (
+            Model::DenseNet(Box::new(engine), Backbone::DenseNet(Box::new(loaded.model))),
+            32,
+        )
+    } else {
+        let model = match arg("--checkpoint") {
+            Some(ckpt) => {
+                load_backbone(arch, 1000, Path::new(&ckpt), &device)
+                    .expect("checkpoint")
+                    .model
+            }
+            None => arch.init(1000, &device).expect("arch"),
+        };
+        let size = arg("--size").map_or(224, |s| s.parse().expect("--size"));
+        let engine = (path == "cpu").then(|| {
+            model
+                .cpu_net()
+                .unwrap_or_else(|| panic!("{arch} has no CPU engine; use --path burn"))
+        });
+        (Model::Other(engine, model), size)
+    };
+
+    if args.iter().any(|a| a == "--layers") {
+        let Model::Other(Some(engine), _) = &model else {
+            panic!("--layers: the CpuNet engine only (--path cpu, not densenet-bc)");
+        };
+        let input = inputs(1, size);
+        engine.forward(&input, 1, size, size, 1, 1); // warm-up
+        let profile = engine.profile(&input, size, size, repeat.max(1));
+        println!("{arch}: time per operation kind, one image, one thread (best of {repeat})");
+        let total: f64 = profile.iter().map(|p| p.1).sum();
+        for (kind, secs, count) in &profile {
+            println!(
+                "  {kind:<28} {count:>3} ops  {:>8.2} ms  {:>5.1} %",
+                secs * 1e3,
+                100.0 * secs / total
+            );
+        }
+        println!("  total {:.2} ms/img", total * 1e3);
+        return;
+    }
 
     for &n in &batches {
-        // Deterministic pseudo-random normalised inputs.
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let input: Vec<f32> = (0..n * 3 * 32 * 32)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        let run = |input: &[f32]| match path.as_str() {
-            "cpu" => {
-                let (f, l) = engine.forward(input, n, 32, 32, threads, group);
+        let input = inputs(n, size);
+        let run = |input: &[f32]| match (&model, path.as_str()) {
+            (Model::DenseNet(engine, _), "cpu") => {
+                let (f, l) = engine.forward(input, n, size, size, threads, group);
                 (f.len(), l.len())
             }
-            "burn" => {
+            (Model::Other(Some(engine), _), "cpu") => {
+                let (f, l) = engine.forward(input, n, size, size, threads, group);
+                (f.len(), l.len())
+            }
+            (Model::DenseNet(_, m) | Model::Other(_, m), "burn") => {
                 let x = Tensor::<4>::from_data(
-                    TensorData::new(input.to_vec(), [n, 3, 32, 32]),
+                    TensorData::new(input.to_vec(), [n, 3, size, size]),
                     &device,
                 );
-                let (f, l) = model.forward(x);
+                let (f, l) = m.forward(x);
                 let f = f.into_data();
                 let l = l.into_data();
                 (f.num_elements(), l.num_elements())
             }
-            other => panic!("unknown --path {other}"),
+            (_, other) => panic!("unknown --path {other}"),
         };
         run(&input); // warm-up
         // Per-batch times; the best one is the least disturbed by other processes.
@@ -91,8 +140,8 @@ fn main() {
             .collect();
         times.sort_by(f64::total_cmp);
         let how = match path.as_str() {
-            "cpu" => format!("cpu engine, {threads} threads, group {group}"),
-            _ => "burn flex".to_string(),
+            "cpu" => format!("{arch} cpu engine, {threads} threads, group {group}"),
+            _ => format!("{arch} burn flex"),
         };
         println!(
             "{how}, batch {n}: best {:.1} img/s, median {:.1} img/s ({repeat} batches)",
@@ -100,4 +149,23 @@ fn main() {
             n as f64 / times[times.len() / 2],
         );
     }
+}
+
+/// The engine (if `--path cpu`) and the burn module.
+enum Model {
+    DenseNet(Box<CpuDenseNet>, Backbone),
+    Other(Option<posthoc_pipeline::model::CpuNet>, Backbone),
+}
+
+/// Deterministic pseudo-random normalised inputs `n x 3 x size x size` in [-2, 2).
+fn inputs(n: usize, size: usize) -> Vec<f32> {
+    let mut state = 0x9e3779b97f4a7c15u64;
+    (0..n * 3 * size * size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
 }

@@ -9,13 +9,17 @@ use crate::checkpoint::{
     CheckpointInfo, LoadedBackbone, LoadedDenseNet, load_backbone, load_densenet,
 };
 use crate::error::PipelineError;
-use crate::model::{Arch, Backbone, CpuDenseNet, DenseNetConfig, DenseNetPlan, tensor_values};
+use crate::model::{
+    Arch, Backbone, CpuDenseNet, CpuNet, DenseNetConfig, DenseNetPlan, tensor_values,
+};
 
 /// Where the network runs.
 #[derive(Debug, Clone)]
 pub enum ExtractorBackend {
-    /// The fused CPU engine ([`CpuDenseNet`]) on `threads` threads; 0 means one per
-    /// available core. The default, and the fastest CPU path.
+    /// The fused CPU engines ([`CpuDenseNet`]; [`CpuNet`] for the ResNets, MobileNet-v2
+    /// and EfficientNet-Lite) on `threads` threads; 0 means one per available core. The
+    /// default, and the fastest CPU path. Architectures without an engine (BiT) run on
+    /// burn's flex backend.
     Cpu {
         /// Worker threads (0: all available cores).
         threads: usize,
@@ -103,6 +107,8 @@ enum Engine {
         net: Box<CpuDenseNet>,
         threads: usize,
     },
+    /// The generic fused CPU engine.
+    CpuNet { net: Box<CpuNet>, threads: usize },
     /// Any registered architecture (DenseNet-BC included) through burn tensor operations.
     Burn { model: Backbone, device: Device },
 }
@@ -120,6 +126,15 @@ pub struct FeatureExtractor {
     info: CheckpointInfo,
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
+}
+
+/// `threads`, or one per available core for 0.
+fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    }
 }
 
 /// Images per step of one CPU thread (measured best on DenseNet-BC-100: see
@@ -146,17 +161,10 @@ impl FeatureExtractor {
         let LoadedDenseNet { model, plan, info } = loaded;
         let (head_weight, head_bias) = model.head_weights();
         let engine = match backend {
-            ExtractorBackend::Cpu { threads } => {
-                let threads = if threads == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    threads
-                };
-                Engine::Cpu {
-                    net: Box::new(CpuDenseNet::from_model(&model, &plan)),
-                    threads,
-                }
-            }
+            ExtractorBackend::Cpu { threads } => Engine::Cpu {
+                net: Box::new(CpuDenseNet::from_model(&model, &plan)),
+                threads: resolve_threads(threads),
+            },
             ExtractorBackend::Burn(device) => Engine::Burn {
                 model: Backbone::DenseNet(Box::new(model)),
                 device,
@@ -189,7 +197,8 @@ impl FeatureExtractor {
     }
 
     /// Wraps a network of any architecture for inputs of `3 x height x width`. The `cpu`
-    /// backend runs it with burn's flex CPU backend (the fused engine is DenseNet's); for
+    /// backend runs it on the fused engine [`CpuNet`] where its family has one
+    /// ([`Backbone::cpu_net`]), else with burn's flex CPU backend; for
     /// [`ExtractorBackend::Burn`] the model must live on that device already.
     pub fn from_backbone(
         loaded: LoadedBackbone,
@@ -198,14 +207,26 @@ impl FeatureExtractor {
     ) -> Self {
         let LoadedBackbone { model, info, .. } = loaded;
         let (head_weight, head_bias) = model.head_weights();
-        Self {
-            input_shape: [3, height, width],
-            feature_dim: model.feature_dim(),
-            num_classes: model.num_classes(),
-            engine: Engine::Burn {
+        let (feature_dim, num_classes) = (model.feature_dim(), model.num_classes());
+        let cpu_net = match backend {
+            ExtractorBackend::Cpu { threads } => model.cpu_net().map(|net| (net, *threads)),
+            ExtractorBackend::Burn(_) => None,
+        };
+        let engine = match cpu_net {
+            Some((net, threads)) => Engine::CpuNet {
+                net: Box::new(net),
+                threads: resolve_threads(threads),
+            },
+            None => Engine::Burn {
                 model,
                 device: backend.device(),
             },
+        };
+        Self {
+            input_shape: [3, height, width],
+            feature_dim,
+            num_classes,
+            engine,
             plan: None,
             info,
             head_weight,
@@ -261,6 +282,7 @@ impl FeatureExtractor {
         }
         let (features, logits) = match &self.engine {
             Engine::Cpu { net, threads } => net.forward(inputs, n, h, w, *threads, CPU_GROUP),
+            Engine::CpuNet { net, threads } => net.forward(inputs, n, h, w, *threads, CPU_GROUP),
             Engine::Burn { model, device } => {
                 let x =
                     Tensor::<4>::from_data(TensorData::new(inputs.to_vec(), [n, c, h, w]), device);

@@ -3,7 +3,9 @@
 //! (`scripts/backbone_parity_fixture.py` wrote PyTorch's features and logits to
 //! `tests/fixtures/backbones/`; this test builds the same weights bit for bit, writes them
 //! as a `.safetensors` state dict in the checkpoint's key names — wrapped like a
-//! DataParallel checkpoint for one of them — and loads it through `load_backbone`).
+//! DataParallel checkpoint for one of them — and loads it through `load_backbone`). The
+//! fused CPU engine built from each loaded network is held to the same tolerance, against
+//! PyTorch and against the burn forward.
 
 mod common;
 
@@ -101,7 +103,7 @@ fn compare_with_fixture(name: &str, model: &Backbone, size: usize, device: &Devi
         .map(|u| ((u - 0.5) * 4.0) as f32)
         .collect();
     let (features, logits) = model.forward(Tensor::<4>::from_data(
-        TensorData::new(x, [BATCH, 3, size, size]),
+        TensorData::new(x.clone(), [BATCH, 3, size, size]),
         device,
     ));
     let features = features.into_data().try_into_vec::<f32>().unwrap();
@@ -113,6 +115,24 @@ fn compare_with_fixture(name: &str, model: &Backbone, size: usize, device: &Devi
     let ld = max_abs_diff(&logits, el.as_slice().unwrap());
     println!("{name}: features max abs diff {fd:.3e}, logits {ld:.3e}");
     assert!(fd <= TOL && ld <= TOL, "{name}: features {fd}, logits {ld}");
+
+    // The fused CPU engine (the `cpu` backend's), one image per thread step on 2 threads,
+    // against PyTorch and against the burn forward.
+    let Some(engine) = model.cpu_net() else {
+        return;
+    };
+    let (cf, cl) = engine.forward(&x, BATCH, size, size, 2, 1);
+    for (what, ours, torch, burn) in [
+        ("features", &cf, ef.as_slice().unwrap(), &features),
+        ("logits", &cl, el.as_slice().unwrap(), &logits),
+    ] {
+        let (dt, db) = (max_abs_diff(ours, torch), max_abs_diff(ours, burn));
+        println!("{name} cpu engine: {what} max abs diff {dt:.3e} (PyTorch), {db:.3e} (burn)");
+        assert!(
+            dt <= TOL && db <= TOL,
+            "{name} cpu engine {what}: {dt} / {db}"
+        );
+    }
 }
 
 #[test]

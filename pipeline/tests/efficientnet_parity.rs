@@ -118,7 +118,7 @@ fn efficientnet_lite0_matches_pytorch_on_real_imagenet_images() {
     // Features and logits of all 128 rows from our inputs.
     let n = files.len();
     let (features, logits) = net.forward(Tensor::<4>::from_data(
-        TensorData::new(batch, [n, 3, 224, 224]),
+        TensorData::new(batch.clone(), [n, 3, 224, 224]),
         &device,
     ));
     let (fshape, features) = values(features);
@@ -135,6 +135,34 @@ fn efficientnet_lite0_matches_pytorch_on_real_imagenet_images() {
     println!("features: max abs diff {fd:.3e}; logits: max abs diff {ld:.3e}");
     assert!(fd <= TOL, "features: max abs diff {fd}");
     assert!(ld <= TOL, "logits: max abs diff {ld}");
+
+    // The fused CPU engine (the `cpu` backend's) on the first 16 rows (val, 2 threads, one
+    // image per step) against PyTorch and the burn forward.
+    let rows = 16;
+    let engine = net.cpu_net();
+    let (cf, cl) = engine.forward(&batch[..rows * pre.output_len()], rows, 224, 224, 2, 1);
+    let (tf, tl) = (
+        read_f32(&fx.join("features.npy")),
+        read_f32(&fx.join("logits.npy")),
+    );
+    for (what, ours, torch, burn) in [
+        (
+            "features",
+            &cf,
+            &tf.as_slice().unwrap()[..rows * 1280],
+            &features[..rows * 1280],
+        ),
+        (
+            "logits",
+            &cl,
+            &tl.as_slice().unwrap()[..rows * 1000],
+            &logits[..rows * 1000],
+        ),
+    ] {
+        let (dt, db) = (max_abs_diff(ours, torch), max_abs_diff(ours, burn));
+        println!("cpu engine {what}: max abs diff {dt:.3e} (PyTorch), {db:.3e} (burn)");
+        assert!(dt <= TOL && db <= TOL, "cpu engine {what}: {dt} / {db}");
+    }
 
     // Top-1 of the 64 val rows: 78.1 % in PyTorch (50 of 64).
     let labels = read_i64(&fx.join("labels.npy"));

@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::densenet::DenseNet;
 use super::efficientnet::MbNet;
+use super::engine::CpuNet;
 use super::mobilenet_v2::mobilenet_v2_key_renames;
 use super::resnet::{ResNet, ResNetSpec};
 use super::resnetv2::{ResNetV2, ResNetV2Spec};
@@ -199,6 +200,18 @@ impl Backbone {
             Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => m.num_classes(),
             Backbone::ResNet(m) => m.num_classes(),
             Backbone::ResNetV2(m) => m.num_classes(),
+        }
+    }
+
+    /// The network on the fused CPU engine [`CpuNet`], where its family maps onto it
+    /// (ResNets, MobileNet-v2, EfficientNet-Lite, BiT; DenseNet-BC has
+    /// [`super::CpuDenseNet`]).
+    pub fn cpu_net(&self) -> Option<CpuNet> {
+        match self {
+            Backbone::EfficientNetLite(m) | Backbone::MobileNetV2(m) => Some(m.cpu_net()),
+            Backbone::ResNet(m) => Some(m.cpu_net()),
+            Backbone::ResNetV2(m) => Some(m.cpu_net()),
+            Backbone::DenseNet(_) => None,
         }
     }
 

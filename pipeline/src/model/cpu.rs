@@ -21,6 +21,7 @@ use burn::nn::conv::Conv2d;
 
 use super::config::DenseNetPlan;
 use super::densenet::{DenseNet, tensor_values as values};
+use super::engine::{GroupEngine, forward_batch};
 use super::kernels::{AffineRelu, im2col_3x3_rows, matmul};
 
 /// Target size (floats) of the unfolded 3x3 input of one band of image rows: 512 KiB, so
@@ -137,7 +138,7 @@ struct Transition {
 
 /// Scratch memory of one thread for groups of up to `g` images of `h x w`.
 #[derive(Debug, Default)]
-struct Workspace {
+pub(crate) struct Workspace {
     g: usize,
     h: usize,
     w: usize,
@@ -251,68 +252,10 @@ impl CpuDenseNet {
             h > 0 && w > 0 && h.is_multiple_of(4) && w.is_multiple_of(4),
             "h, w: multiples of 4"
         );
-        let (m, classes) = (self.plan.feature_dim, self.plan.config.num_classes);
-        let mut features = vec![0.0f32; n * m];
-        let mut logits = vec![0.0f32; n * classes];
-        if n == 0 {
-            return (features, logits);
-        }
-        let threads = threads.clamp(1, n);
-        let group = group.max(1);
-        let per_thread = n.div_ceil(threads);
-        let image = 3 * h * w;
-
-        let run = |input: &[f32], features: &mut [f32], logits: &mut [f32]| {
-            let count = features.len() / m;
-            let mut ws = self.take_workspace(group.min(count), h, w);
-            let mut start = 0;
-            while start < count {
-                let g = group.min(count - start);
-                self.forward_group(
-                    &input[start * image..(start + g) * image],
-                    g,
-                    &mut ws,
-                    &mut features[start * m..(start + g) * m],
-                    &mut logits[start * classes..(start + g) * classes],
-                );
-                start += g;
-            }
-            self.workspaces
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ws);
-        };
-
-        if threads == 1 {
-            run(input, &mut features, &mut logits);
-        } else {
-            std::thread::scope(|scope| {
-                for ((x, f), l) in input
-                    .chunks(per_thread * image)
-                    .zip(features.chunks_mut(per_thread * m))
-                    .zip(logits.chunks_mut(per_thread * classes))
-                {
-                    scope.spawn(|| run(x, f, l));
-                }
-            });
-        }
-        (features, logits)
+        forward_batch(self, input, n, [h, w], threads, group)
     }
 
-    /// A workspace for groups of `g` images of `h x w`, reused when one fits.
-    fn take_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
-        let mut pool = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = pool
-            .iter()
-            .position(|ws| ws.g >= g && ws.h == h && ws.w == w)
-        {
-            return pool.swap_remove(i);
-        }
-        drop(pool);
-        self.new_workspace(g, h, w)
-    }
-
-    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+    fn make_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
         let p = &self.plan;
         let hw = [h * w, h * w / 4, h * w / 16];
         let inter = p.bottleneck_channels();
@@ -357,6 +300,79 @@ impl CpuDenseNet {
             columns: vec![0.0; columns],
             pooled: vec![0.0; pooled],
         }
+    }
+
+    /// Layer of block `b` reading the first `c` channels of the block buffer and writing its
+    /// `growth_rate` channels after them.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_layer(
+        &self,
+        layer: &Layer,
+        b: usize,
+        c: usize,
+        g: usize,
+        h: usize,
+        w: usize,
+        ws: &mut Workspace,
+    ) {
+        let k = self.plan.config.growth_rate;
+        let n = g * h * w;
+        let Workspace {
+            blocks,
+            normed,
+            bottleneck,
+            bottleneck_normed,
+            columns,
+            ..
+        } = ws;
+        let buf = &mut blocks[b];
+        match layer {
+            Layer::Bottleneck { bn1, w1, bn2, w2 } => {
+                let inter = bn2.channels();
+                conv_1x1_after(bn1, w1, inter, buf, n, n, normed, bottleneck, n);
+                bn2.apply(bottleneck, n, n, bottleneck_normed);
+                conv_3x3(
+                    w2,
+                    k,
+                    bottleneck_normed,
+                    inter,
+                    g,
+                    h,
+                    w,
+                    columns,
+                    &mut buf[c * n..],
+                    n,
+                );
+            }
+            Layer::Basic { bn1, w: wt } => {
+                bn1.apply(buf, n, n, normed);
+                conv_3x3(wt, k, normed, c, g, h, w, columns, &mut buf[c * n..], n);
+            }
+        }
+    }
+}
+
+impl GroupEngine for CpuDenseNet {
+    type Workspace = Workspace;
+
+    fn input_channels(&self) -> usize {
+        3
+    }
+
+    fn widths(&self) -> [usize; 2] {
+        [self.plan.feature_dim, self.plan.config.num_classes]
+    }
+
+    fn pool(&self) -> &Mutex<Vec<Workspace>> {
+        &self.workspaces
+    }
+
+    fn fits(ws: &Workspace, g: usize, h: usize, w: usize) -> bool {
+        ws.g >= g && ws.h == h && ws.w == w
+    }
+
+    fn new_workspace(&self, g: usize, h: usize, w: usize) -> Workspace {
+        self.make_workspace(g, h, w)
     }
 
     /// The network on `g` images (NCHW `input`), writing `features` (`[g][m]`) and `logits`.
@@ -435,55 +451,6 @@ impl CpuDenseNet {
                 let wrow = &self.fc_weight[c * m..(c + 1) * m];
                 let dot: f32 = f.iter().zip(wrow).map(|(a, b)| a * b).sum();
                 logits[img * classes + c] = dot + self.fc_bias[c];
-            }
-        }
-    }
-
-    /// Layer of block `b` reading the first `c` channels of the block buffer and writing its
-    /// `growth_rate` channels after them.
-    #[allow(clippy::too_many_arguments)]
-    fn dense_layer(
-        &self,
-        layer: &Layer,
-        b: usize,
-        c: usize,
-        g: usize,
-        h: usize,
-        w: usize,
-        ws: &mut Workspace,
-    ) {
-        let k = self.plan.config.growth_rate;
-        let n = g * h * w;
-        let Workspace {
-            blocks,
-            normed,
-            bottleneck,
-            bottleneck_normed,
-            columns,
-            ..
-        } = ws;
-        let buf = &mut blocks[b];
-        match layer {
-            Layer::Bottleneck { bn1, w1, bn2, w2 } => {
-                let inter = bn2.channels();
-                conv_1x1_after(bn1, w1, inter, buf, n, n, normed, bottleneck, n);
-                bn2.apply(bottleneck, n, n, bottleneck_normed);
-                conv_3x3(
-                    w2,
-                    k,
-                    bottleneck_normed,
-                    inter,
-                    g,
-                    h,
-                    w,
-                    columns,
-                    &mut buf[c * n..],
-                    n,
-                );
-            }
-            Layer::Basic { bn1, w: wt } => {
-                bn1.apply(buf, n, n, normed);
-                conv_3x3(wt, k, normed, c, g, h, w, columns, &mut buf[c * n..], n);
             }
         }
     }

@@ -13,6 +13,8 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::global_average_pool;
+use super::engine::{CpuNet, NetBuilder, Value};
+use super::kernels::Activation;
 use super::layers::{ConvSpec, Pad, batch_norm_eps, conv2d, linear_weights, relu6};
 
 /// BatchNorm epsilon of EfficientNet (`batch_norm_epsilon = 1e-3`).
@@ -182,6 +184,29 @@ impl MbConvBlock {
         let out = self._bn2.forward(self._project_conv.forward(out));
         if self.residual { out + x } else { out }
     }
+
+    /// The block as [`CpuNet`] operations on `x`.
+    fn cpu_ops(&self, b: &mut NetBuilder, x: Value) -> Value {
+        let mut out = x;
+        if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
+            out = b.conv(out, conv, Some(bn), None, Activation::Relu6);
+        }
+        let out = b.conv(
+            out,
+            &self._depthwise_conv,
+            Some(&self._bn1),
+            None,
+            Activation::Relu6,
+        );
+        let residual = self.residual.then_some(x);
+        b.conv(
+            out,
+            &self._project_conv,
+            Some(&self._bn2),
+            residual,
+            Activation::Identity,
+        )
+    }
 }
 
 /// A network of MBConv blocks without squeeze-excitation, in lukemelas' names (EfficientNet-
@@ -311,6 +336,30 @@ impl MbNet {
     /// The head in PyTorch layout: weight `[C, 1280]` and bias `[C]`.
     pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
         linear_weights(&self._fc)
+    }
+
+    /// The network on the fused CPU engine (BatchNorms folded into the convolutions).
+    pub fn cpu_net(&self) -> CpuNet {
+        let (mut b, x) = NetBuilder::new(3);
+        let x = b.conv(
+            x,
+            &self._conv_stem,
+            Some(&self._bn0),
+            None,
+            Activation::Relu6,
+        );
+        let x = self
+            ._blocks
+            .iter()
+            .fold(x, |x, block| block.cpu_ops(&mut b, x));
+        let x = b.conv(
+            x,
+            &self._conv_head,
+            Some(&self._bn1),
+            None,
+            Activation::Relu6,
+        );
+        b.finish(x, &self._fc)
     }
 }
 

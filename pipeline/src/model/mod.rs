@@ -12,6 +12,7 @@ mod cpu;
 mod dense_block;
 mod densenet;
 mod efficientnet;
+mod engine;
 pub mod kernels;
 mod layers;
 mod mobilenet_v2;
@@ -27,6 +28,8 @@ pub use efficientnet::{
     EFFICIENTNET_BN_EPS, EfficientNetActivations, LITE_HEAD_CHANNELS, LITE_STEM_CHANNELS,
     LITE0_STAGES, MbConvBlock, MbNet, MbStage,
 };
+pub use engine::{ConvParams, CpuNet, NetBuilder, Padding, Value};
+pub use kernels::Activation;
 pub use layers::{linear_weights, relu6};
 pub use mobilenet_v2::{
     MOBILENET_V2_BN_EPS, MOBILENET_V2_FEATURE_DIM, MOBILENET_V2_STAGES, MOBILENET_V2_STEM_CHANNELS,

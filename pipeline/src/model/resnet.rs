@@ -13,6 +13,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::densenet::global_average_pool;
+use super::engine::{CpuNet, NetBuilder, Value};
+use super::kernels::Activation;
 use super::layers::{ConvSpec, Pad, batch_norm_eps, conv2d, linear_weights};
 
 /// Which residual block a ResNet stacks.
@@ -179,6 +181,29 @@ impl ResBlock {
         };
         relu(out + shortcut)
     }
+
+    /// The block as [`CpuNet`] operations on `x`: the last convolution adds the shortcut
+    /// before its ReLU.
+    fn cpu_ops(&self, b: &mut NetBuilder, x: Value) -> Value {
+        let shortcut = match &self.downsample {
+            Some(d) => b.conv(x, &d.conv, Some(&d.bn), None, Activation::Identity),
+            None => x,
+        };
+        let out = b.conv(x, &self.conv1, Some(&self.bn1), None, Activation::Relu);
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = b.conv(out, &self.conv2, Some(&self.bn2), None, Activation::Relu);
+                b.conv(out, conv3, Some(bn3), Some(shortcut), Activation::Relu)
+            }
+            _ => b.conv(
+                out,
+                &self.conv2,
+                Some(&self.bn2),
+                Some(shortcut),
+                Activation::Relu,
+            ),
+        }
+    }
 }
 
 /// A ResNet: stem `relu(bn1(conv1(x)))` (then `maxpool` for ImageNet nets), `layer1..4`,
@@ -285,6 +310,21 @@ impl ResNet {
     /// The head in PyTorch layout.
     pub fn head_weights(&self) -> (Vec<f32>, Vec<f32>) {
         linear_weights(&self.fc)
+    }
+
+    /// The network on the fused CPU engine (BatchNorms folded into the convolutions).
+    pub fn cpu_net(&self) -> CpuNet {
+        let (mut b, x) = NetBuilder::new(3);
+        let mut x = b.conv(x, &self.conv1, Some(&self.bn1), None, Activation::Relu);
+        if let Some(pool) = &self.maxpool {
+            x = b.max_pool_burn(x, pool);
+        }
+        let blocks = [&self.layer1, &self.layer2, &self.layer3, &self.layer4];
+        let x = blocks
+            .into_iter()
+            .flatten()
+            .fold(x, |x, block| block.cpu_ops(&mut b, x));
+        b.finish(x, &self.fc)
     }
 }
 

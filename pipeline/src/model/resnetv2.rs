@@ -23,7 +23,9 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Tensor};
 
-use super::densenet::global_average_pool;
+use super::densenet::{global_average_pool, tensor_values as values};
+use super::engine::{ConvParams, CpuNet, NetBuilder, Padding, Value};
+use super::kernels::Activation;
 use super::layers::linear_weights;
 
 /// GroupNorm groups of BiT (every norm layer).
@@ -97,6 +99,39 @@ impl StdConv2d {
         );
         conv2d(x, w, None, options)
     }
+
+    /// The standardised convolution's parameters for [`CpuNet`]: the weight standardised
+    /// once (statistics in f64).
+    pub fn cpu_params(&self) -> ConvParams {
+        let [cout, cin, k, _] = self.weight.dims();
+        let w = values(self.weight.val());
+        let weight = w
+            .chunks_exact(cin * k * k)
+            .flat_map(|row| {
+                let n = row.len() as f64;
+                let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = row
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let inv = 1.0 / (var + WS_EPS).sqrt();
+                row.iter()
+                    .map(move |&v| ((f64::from(v) - mean) * inv) as f32)
+            })
+            .collect();
+        ConvParams {
+            weight,
+            cout,
+            cin,
+            kernel: k,
+            stride: self.stride,
+            dilation: 1,
+            padding: Padding::Explicit([self.padding; 4]),
+            groups: 1,
+            bias: None,
+        }
+    }
 }
 
 fn group_norm(channels: usize, device: &Device) -> GroupNorm {
@@ -148,6 +183,23 @@ impl PreActUnit {
         let out = self.conv2.forward(relu(self.gn2.forward(out)));
         let out = self.conv3.forward(relu(self.gn3.forward(out)));
         out + residual
+    }
+
+    /// The unit as [`CpuNet`] operations on `x`.
+    fn cpu_ops(&self, b: &mut NetBuilder, x: Value) -> Value {
+        let conv = |b: &mut NetBuilder, x, c: &StdConv2d, residual| {
+            b.conv_params(x, c.cpu_params(), None, residual, Activation::Identity)
+        };
+        let a = b.group_norm(x, &self.gn1, Activation::Relu);
+        let shortcut = match &self.downsample {
+            Some(d) => conv(b, a, d, None),
+            None => x,
+        };
+        let out = conv(b, a, &self.conv1, None);
+        let out = b.group_norm(out, &self.gn2, Activation::Relu);
+        let out = conv(b, out, &self.conv2, None);
+        let out = b.group_norm(out, &self.gn3, Activation::Relu);
+        conv(b, out, &self.conv3, Some(shortcut))
     }
 }
 
@@ -261,6 +313,28 @@ impl ResNetV2 {
         let features = global_average_pool(self.feature_map(x));
         let logits = self.head.fc.forward(features.clone());
         (features, logits)
+    }
+
+    /// The network on the fused CPU engine (weights standardised once; GroupNorms are
+    /// operations of their own).
+    pub fn cpu_net(&self) -> CpuNet {
+        let (mut b, x) = NetBuilder::new(3);
+        let x = b.conv_params(
+            x,
+            self.root.conv.cpu_params(),
+            None,
+            None,
+            Activation::Identity,
+        );
+        let pool = &self.root.pool;
+        let x = b.max_pool(x, pool.kernel_size[0], pool.stride[0], [1; 4], true);
+        let body = &self.body;
+        let x = [&body.block1, &body.block2, &body.block3, &body.block4]
+            .into_iter()
+            .flatten()
+            .fold(x, |x, u| u.cpu_ops(&mut b, x));
+        let x = b.group_norm(x, &self.head.gn, Activation::Relu);
+        b.finish(x, &self.head.fc)
     }
 
     /// The head in PyTorch layout (`head.conv` squeezed to `[C, 2048 wf]`).
