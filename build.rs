@@ -26,7 +26,10 @@ fn main() {
         // Only files that exist: cargo treats a missing one as changed on every build
         // (a checkout whose refs are all loose has no packed-refs; after `git gc` the
         // branch may have no loose file), which recompiled the crate each time.
-        for file in [format!("{common}/{head_ref}"), format!("{common}/packed-refs")] {
+        for file in [
+            format!("{common}/{head_ref}"),
+            format!("{common}/packed-refs"),
+        ] {
             if std::path::Path::new(&file).exists() {
                 println!("cargo:rerun-if-changed={file}");
             }

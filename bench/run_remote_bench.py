@@ -61,7 +61,7 @@ def main():
     print(f"cache {args.cache}: {len(files)} files, {mib(total)}; scored sets {','.join(sets)}: {mib(scored)} of files")
 
     server = subprocess.Popen([args.moto_python, os.path.join(ROOT, "scripts", "s3-test-server.py"), "bench"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         info = json.loads(server.stdout.readline())
         with tempfile.TemporaryDirectory(prefix="posthoc-bench-remote-") as tmp:

@@ -151,6 +151,8 @@ impl AsyncFileReader for RangeReader {
 async fn range(url: &str, sets: &[&str]) -> (usize, u64) {
     let rest = url.strip_prefix("s3://").expect("an s3:// url");
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    // reqwest is built without a default TLS provider (as in `RemoteStore::connect`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store: Arc<dyn ObjectStore> = Arc::new(
         AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
