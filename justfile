@@ -57,11 +57,14 @@ precompute-imagenet *ARGS: setup build-release
 eval-imagenet *ARGS: build-release
     "${CARGO_TARGET_DIR:-target}/release/posthoc" eval --config {{imagenet_config}} --json out/eval-imagenet-efficientnet-lite0.json --csv out/eval-imagenet-efficientnet-lite0.csv --plots out/plots-imagenet-efficientnet-lite0 {{ARGS}}
 
-# Compile the GPU backends (needs the CUDA toolkit and network for burn-cuda's LLVM
-# bundle; libtorch from `pip install torch==2.9.0` for tch). Not run in CI.
+# Compile the GPU backends (not run in CI). tch: libtorch 2.9.0's headers, e.g.
+# `pip install --no-deps torch==2.9.0` into a venv and LIBTORCH=<venv>/lib/python3.11/
+# site-packages/torch (torch 2.15's headers need C++20, which torch-sys 0.22 does not use);
+# without LIBTORCH, the torch of the python on PATH. cuda: needs network for burn-cuda's
+# LLVM bundle (tracel-llvm-bundler downloads it at build time).
 check-gpu:
+    if [ -n "${LIBTORCH:-}" ]; then cargo check -p posthoc --features tch; else LIBTORCH_USE_PYTORCH=1 cargo check -p posthoc --features tch; fi
     cargo check -p posthoc --features cuda
-    LIBTORCH_USE_PYTORCH=1 cargo check -p posthoc --features tch
 
 # Forward throughput of our backbones (fused CPU engines; burn flex for DenseNet) next to
 # PyTorch CPU (contiguous and channels_last, 2 threads) in one run: DenseNet-BC-100 at batch
