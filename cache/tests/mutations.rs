@@ -5,10 +5,10 @@
 //!
 //! Must hold for every case: no panic, no hang (a watchdog aborts the test after 120 s),
 //! bounded memory (peak RSS of the test process below 1.5 GiB), and every failure a
-//! [`CacheError`] whose message names the file (or the manifest) it is about. Mutations
-//! the manifest does not record (its sha256 unchanged) must always be refused; mutations
-//! resealed into the manifest (size and sha256 updated) may read as valid data, but never
-//! panic.
+//! [`CacheError`](posthoc_cache::CacheError) whose message names the file (or the
+//! manifest) it is about. Mutations the manifest does not record (its sha256 unchanged)
+//! must always be refused; mutations resealed into the manifest (size and sha256 updated)
+//! may read as valid data, but never panic.
 //!
 //! Cases: bit flips, truncation at every row-group boundary (and just inside it), random
 //! bytes, files swapped with each other, manifests with huge or negative counts, sizes or
@@ -16,6 +16,8 @@
 //! of cases is printed.
 
 mod common;
+#[path = "common/read_all.rs"]
+mod read_all;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::mix;
-use posthoc_cache::{CacheError, FeatureCache, ImportOptions, Manifest, Role};
+use posthoc_cache::{ImportOptions, Manifest};
 
 const SEED: u64 = 0x5eed_2026_1201;
 
@@ -72,31 +74,11 @@ fn write_manifest_value(dir: &Path, v: &serde_json::Value) {
     std::fs::write(dir.join("manifest.json"), serde_json::to_string(v).unwrap()).unwrap();
 }
 
-/// Reads everything a user could read; the first error, if any.
-fn read_all(dir: &Path, verify: bool) -> Result<(), CacheError> {
-    let cache = FeatureCache::open_with(dir, verify)?;
-    cache.head()?;
-    if cache.id_train().is_some() {
-        cache.stats()?;
-    }
-    for role in [Role::IdTrain, Role::IdTest, Role::Ood] {
-        for set in cache.sets(role) {
-            cache.split(&set)?;
-            cache.split_features(&set)?;
-            for batch in cache.stream_split(&set, 100)? {
-                batch?;
-            }
-        }
-    }
-    let report = posthoc_cache::verify(dir)?;
-    report.into_result().map(|_| ())
-}
-
 /// Runs one case: no panic, and an error (if any) naming a file of `dir` or the manifest.
 fn check(dir: &Path, names: &[String], record: Record, what: &str, count: &mut usize) {
     for verify in [true, false] {
         *count += 1;
-        let result = catch_unwind(AssertUnwindSafe(|| read_all(dir, verify)));
+        let result = catch_unwind(AssertUnwindSafe(|| read_all::read_all(dir, verify, 100)));
         let result = match result {
             Ok(r) => r,
             Err(_) => panic!("PANIC on case `{what}` (verify = {verify})"),

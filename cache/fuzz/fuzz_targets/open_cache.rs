@@ -15,10 +15,12 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use ndarray::{Array1, Array2};
 use posthoc_cache::{
-    CacheWriter, FeatureCache, Head, ManifestInit, ModelInfo, Role, SplitData, ToolInfo,
-    WriterOptions, verify,
+    CacheWriter, Head, ManifestInit, ModelInfo, Role, SplitData, ToolInfo, WriterOptions,
 };
 use sha2::{Digest, Sha256};
+
+#[path = "../../tests/common/read_all.rs"]
+mod read_all;
 
 const M: usize = 8;
 const C: usize = 3;
@@ -107,24 +109,6 @@ fn reseal(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
 }
 
-fn read_all(dir: &Path, check_hashes: bool) -> Result<(), posthoc_cache::CacheError> {
-    let cache = FeatureCache::open_with(dir, check_hashes)?;
-    cache.head()?;
-    if cache.id_train().is_some() {
-        cache.stats()?;
-    }
-    for role in [Role::IdTrain, Role::IdTest, Role::Ood] {
-        for set in cache.sets(role) {
-            cache.split(&set)?;
-            cache.split_features(&set)?;
-            for batch in cache.stream_split(&set, 7)? {
-                batch?;
-            }
-        }
-    }
-    verify(dir)?.into_result().map(|_| ())
-}
-
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -161,6 +145,6 @@ fuzz_target!(|data: &[u8]| {
         reseal(&dir, name, &damaged);
     }
     for check_hashes in [true, false] {
-        let _ = read_all(&dir, check_hashes);
+        let _ = read_all::read_all(&dir, check_hashes, 7);
     }
 });
