@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ok, posthoc, posthoc_small, the_error_line};
+use common::{assert_succeeded, ok, posthoc, posthoc_small, the_error_line};
 
 /// A tmpfs mounted on a temporary directory with `options`; unmounted on drop.
 struct Tmpfs {
@@ -52,11 +52,7 @@ impl Tmpfs {
             .arg(self.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, &format!("mount -o remount,{options}"));
     }
 }
 

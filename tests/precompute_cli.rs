@@ -14,7 +14,7 @@ use ndarray::{Array2, s};
 use ndarray_npy::read_npy;
 use posthoc_cache::FeatureCache;
 
-use common::{BIN, CIFAR10_CHECKPOINT, densenet_cifar_config};
+use common::{BIN, CIFAR10_CHECKPOINT, assert_succeeded, densenet_cifar_config};
 
 fn shared() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -91,11 +91,7 @@ fn precompute(config: &Path, out: &Path, extra: &[&str]) -> Output {
 }
 
 fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "precompute failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(out, "precompute");
 }
 
 fn max_abs(a: ndarray::ArrayView2<f32>, b: ndarray::ArrayView2<f32>) -> f32 {

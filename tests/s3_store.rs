@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, import_npy, moto_python, posthoc_small, repo, the_error_line};
+use common::{BIN, assert_succeeded, import_npy, moto_python, posthoc_small, repo, the_error_line};
 
 const BUCKET: &str = "posthoc-test";
 
@@ -89,11 +89,7 @@ impl S3 {
 
     fn ok(&self, args: &[&str], downloads: &Path) -> String {
         let out = self.posthoc(args, downloads, &[]);
-        assert!(
-            out.status.success(),
-            "posthoc {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, &format!("posthoc {args:?}"));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -112,11 +108,7 @@ impl S3 {
             .args(["-c", &script])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "boto3 snippet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_succeeded(&out, "boto3 snippet");
     }
 }
 

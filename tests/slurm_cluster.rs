@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{BIN, CIFAR10_CHECKPOINT, densenet_cifar_config, moto_python, repo, shared_data};
+use common::{
+    BIN, CIFAR10_CHECKPOINT, assert_succeeded, densenet_cifar_config, moto_python, repo,
+    shared_data,
+};
 
 fn slurm_script(action: &str) -> Output {
     Command::new(repo().join("scripts/slurm-local.sh"))
@@ -99,11 +102,7 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
         .env("POSTHOC_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        submitted.status.success(),
-        "submit.sh failed: {}",
-        String::from_utf8_lossy(&submitted.stderr)
-    );
+    assert_succeeded(&submitted, "submit.sh");
     let ids = String::from_utf8(submitted.stdout).unwrap();
     println!("submitted: {}", ids.trim());
     // Meanwhile, the same run in one process.
@@ -115,11 +114,7 @@ fn slurm_array_then_dependent_merge_equals_a_single_run() {
         .env("POSTHOC_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "single-process precompute");
 
     let merged = shards.join("merged");
     while !merged.join(posthoc_cache::MANIFEST_FILE).exists() {
@@ -226,11 +221,7 @@ print(json.dumps(out))
         .arg(repo().join("deploy/k8s/precompute-job.yaml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, "parsing the k8s manifest");
     let docs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let docs = docs.as_array().unwrap();
     assert_eq!(docs.len(), 2);

@@ -69,14 +69,19 @@ pub fn posthoc(args: &[&str]) -> Output {
         .expect("run posthoc")
 }
 
+/// Fails the test unless `out` (of the command `what`) succeeded, showing its stderr.
+pub fn assert_succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The stdout of `posthoc args`, which must succeed.
 pub fn ok(args: &[&str]) -> String {
     let out = posthoc(args);
-    assert!(
-        out.status.success(),
-        "posthoc {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out, &format!("posthoc {args:?}"));
     String::from_utf8(out.stdout).unwrap()
 }
 
