@@ -57,15 +57,16 @@ pub(crate) fn check_k(k: Neighbours, bank: usize) -> Result<(), EvalError> {
 
 /// The plan of a bank method `method` at `p`: the shared bank of `p.bank_fraction` (the
 /// normalised ID-train rows, made once per fraction for every bank method), `p.k` checked
-/// against it, the method's weighting `weigh(inputs, rows, bank)` of the bank rows (`rows`:
-/// the selected ID-train rows as stored; fitted once per fraction), and per feature row
+/// against it, the method's weighting `weigh(inputs, rows, bank)` of the bank rows (`rows()`
+/// gives the selected ID-train rows as stored, copied only for a method that calls it;
+/// fitted once per fraction), and per feature row
 /// `score(q, top, z)` with `q` the normalised feature, `top` its `k` largest weighted
 /// similarities (descending) and `z` its logits, giving `(score, class)`.
 pub(crate) fn plan_bank_scores(
     method: &'static str,
     p: &Params,
     ctx: &mut FitContext,
-    weigh: impl FnOnce(&EvalInputs, ArrayView2<f32>, ArrayView2<f64>) -> RowAffine,
+    weigh: impl FnOnce(&EvalInputs, &dyn Fn() -> Array2<f32>, ArrayView2<f64>) -> RowAffine,
     score: impl Fn(ArrayView1<f64>, &[f64], ArrayView1<f64>) -> (f64, usize) + Send + Sync + 'static,
 ) -> Result<Request, EvalError> {
     let train = ctx.train(method)?;
@@ -76,11 +77,7 @@ pub(crate) fn plan_bank_scores(
     })?;
     check_k(k, bank.nrows())?;
     let affine = ctx.fit(method, key, |inputs| {
-        Ok(weigh(
-            inputs,
-            bank_rows(&train, fraction).view(),
-            bank.view(),
-        ))
+        Ok(weigh(inputs, &|| bank_rows(&train, fraction), bank.view()))
     })?;
     Ok(Request::custom(move |inputs, features| {
         inputs.head.check_features(features)?;

@@ -35,7 +35,7 @@ impl Method for NnGuide {
             p,
             ctx,
             |inputs, rows, bank| RowAffine {
-                scale: logits_of(inputs, rows)
+                scale: logits_of(inputs, rows().view())
                     .outer_iter()
                     .map(|z| energy_of(z, 1.0))
                     .collect(),
