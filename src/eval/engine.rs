@@ -328,19 +328,7 @@ impl Plan {
             Pass::Custom(f) => Ok(vec![f(inputs, features)?]),
         }
     }
-}
 
-/// Scores every setting on every set and computes its metrics in `convention`.
-/// Results come back in the order of `settings`.
-pub fn evaluate(
-    inputs: &EvalInputs,
-    settings: &[Setting],
-    convention: Convention,
-) -> Result<Vec<Evaluation>, EvalError> {
-    Plan::new(inputs, settings)?.evaluate(inputs, convention)
-}
-
-impl Plan {
     /// Scores the planned settings on `inputs`' ID test set and OOD sets and computes
     /// their metrics in `convention`, in the order of the settings. `inputs.train` is not
     /// read (the fits are the plan's).
@@ -349,33 +337,32 @@ impl Plan {
         inputs: &EvalInputs,
         convention: Convention,
     ) -> Result<Vec<Evaluation>, EvalError> {
-        let plan = self;
-        let settings = &plan.settings[..];
-        tracing::debug!(passes = plan.passes.len(), fits = plan.fits, "planned");
+        let settings = &self.settings[..];
+        tracing::debug!(passes = self.passes.len(), fits = self.fits, "planned");
         // Masked heads only for the masks that dense passes use (swept masks need none).
-        let dice_heads: Vec<Option<Head64>> = (0..plan.dice.len())
+        let dice_heads: Vec<Option<Head64>> = (0..self.dice.len())
             .into_par_iter()
             .map(|i| {
-                let used = plan.passes.iter().any(
+                let used = self.passes.iter().any(
                     |p| matches!(p, Pass::Linear { head: LinearHead::Dice(j), .. } if *j == i),
                 );
-                used.then(|| plan.dice[i].apply(inputs.head))
+                used.then(|| self.dice[i].apply(inputs.head))
             })
             .collect();
         let sets: Vec<ScoreSet> = std::iter::once(inputs.id)
             .chain(inputs.ood.iter().copied())
             .collect();
-        let jobs: Vec<(usize, usize)> = (0..plan.passes.len())
+        let jobs: Vec<(usize, usize)> = (0..self.passes.len())
             .flat_map(|p| (0..sets.len()).map(move |s| (p, s)))
             .collect();
         let done: Vec<Vec<Scored>> = jobs
             .par_iter()
-            .map(|&(p, s)| plan.run(inputs, &dice_heads, p, sets[s].features))
+            .map(|&(p, s)| self.run(inputs, &dice_heads, p, sets[s].features))
             .collect::<Result<_, _>>()?;
         // Settings may share a score (e.g. `dice p=0` and `energy T=1`), so scores are cloned.
         let scored =
             |src: &Source, set: usize| done[src.pass * sets.len() + set][src.score].clone();
-        let per_setting: Vec<(Scored, Vec<Scored>)> = plan
+        let per_setting: Vec<(Scored, Vec<Scored>)> = self
             .sources
             .iter()
             .map(|src| {
@@ -388,7 +375,7 @@ impl Plan {
         settings
             .par_iter()
             .zip(per_setting)
-            .zip(&plan.clips)
+            .zip(&self.clips)
             .map(|((setting, (id, ood)), clip)| {
                 let id_sorted = SortedScores::new("ID scores", &id.scores)?;
                 let metrics = ood
@@ -409,4 +396,14 @@ impl Plan {
             })
             .collect()
     }
+}
+
+/// Scores every setting on every set and computes its metrics in `convention`.
+/// Results come back in the order of `settings`.
+pub fn evaluate(
+    inputs: &EvalInputs,
+    settings: &[Setting],
+    convention: Convention,
+) -> Result<Vec<Evaluation>, EvalError> {
+    Plan::new(inputs, settings)?.evaluate(inputs, convention)
 }
